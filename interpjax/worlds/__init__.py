@@ -1,0 +1,1 @@
+"""Small worlds whose models we train ourselves (Othello, grid-world robot programs, modular arithmetic)."""
