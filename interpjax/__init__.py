@@ -1,0 +1,20 @@
+"""interpjax: read and edit what Hugging Face language models compute, as pure JAX functions.
+
+    model = interpjax.load("gpt2")                       # or a local checkpoint folder
+    logits, cache = model.run_with_cache(tokens, sites=["resid_pre"])
+    steered = model(tokens, interventions=Add("resid_pre", layer=6, vector=v, coeff=4.0))
+"""
+
+from .config import Config
+from .interventions import Ablate, Add, AttentionKnockout, Custom, Patch, Project, Scale, compose
+from .loading import load_params, load_tokenizer, save_pretrained
+from .model import Cache, forward, run_with_cache
+from .modelobj import Model, load
+from .sites import LAYER_SITES, SITES, list_sites, site_shape
+
+__all__ = [
+    "Ablate", "Add", "AttentionKnockout", "Cache", "Config", "Custom", "LAYER_SITES", "Model", "Patch",
+    "Project", "SITES", "Scale", "compose", "forward", "list_sites", "load", "load_params", "load_tokenizer",
+    "run_with_cache", "save_pretrained", "site_shape",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,131 @@
+"""Helpers shared by the per-family converters: strict config checking and weight plumbing."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+# Keys every HF config carries (PretrainedConfig) or that never change the forward pass.
+GENERIC_KEYS = frozenset(
+    {
+        "_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label",
+        "label2id", "is_encoder_decoder", "model_type", "output_attentions", "output_hidden_states",
+        "problem_type", "return_dict", "transformers_version", "bos_token_id", "eos_token_id",
+        "pad_token_id", "sep_token_id", "decoder_start_token_id", "use_cache", "initializer_range",
+        "is_decoder", "tokenizer_class", "prefix", "task_specific_params", "finetuning_task",
+        "tie_encoder_decoder", "add_cross_attention", "cross_attention_hidden_size", "pruned_heads",
+        "torchscript", "use_return_dict", "num_labels", "_attn_implementation_autoset",
+        "_commit_hash", "classifier_dropout", "gradient_checkpointing", "max_length", "keys_to_ignore_at_inference",
+    }
+)
+
+
+def check_fields(family: str, hf: Mapping, handled: set, must_equal: Mapping | None = None) -> None:
+    """Refuse any HF config field this converter does not understand, naming it.
+
+    ``handled`` are fields the converter maps or that do not affect inference (dropouts);
+    ``must_equal`` maps fields to the only value(s) the converter supports.
+    """
+    must_equal = dict(must_equal or {})
+    for key, value in hf.items():
+        if key in GENERIC_KEYS or key in handled:
+            continue
+        if key in must_equal:
+            allowed = must_equal[key]
+            allowed = allowed if isinstance(allowed, tuple) else (allowed,)
+            if value not in allowed:
+                raise ValueError(f"{family}: config field {key}={value!r} is not supported (supported: {allowed})")
+            continue
+        raise ValueError(
+            f"{family}: config field {key!r} (= {value!r}) is not handled by the converter; refusing to run a "
+            f"model that may differ from the checkpoint"
+        )
+    if hf.get("add_cross_attention"):
+        raise ValueError(f"{family}: config field add_cross_attention=True is not supported")
+
+
+ACT_NAMES = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_fast",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+    "quick_gelu": "quick_gelu",
+}
+
+
+def activation(family: str, name: str) -> str:
+    if name not in ACT_NAMES:
+        raise ValueError(f"{family}: activation {name!r} is not supported; supported: {sorted(ACT_NAMES)}")
+    return ACT_NAMES[name]
+
+
+def rope_fields(family: str, hf: Mapping) -> dict:
+    """Map HF rope settings (``rope_parameters`` or legacy ``rope_scaling``/``rope_theta``) to Config fields."""
+    rp = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling")
+    if legacy:
+        rp.update(legacy)
+    base = rp.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    out = {"rotary_base": float(base)}
+    if kind == "default":
+        out["rope_scaling"] = "none"
+    elif kind == "linear":
+        out.update(rope_scaling="linear", rope_factor=float(rp["factor"]))
+    elif kind == "llama3":
+        out.update(
+            rope_scaling="llama3",
+            rope_factor=float(rp["factor"]),
+            rope_low_freq_factor=float(rp["low_freq_factor"]),
+            rope_high_freq_factor=float(rp["high_freq_factor"]),
+            rope_original_ctx=int(rp["original_max_position_embeddings"]),
+        )
+    else:
+        raise ValueError(f"{family}: rope type {kind!r} is not supported; supported: default, linear, llama3")
+    extra = set(rp) - {"rope_theta", "rope_type", "type", "factor", "low_freq_factor", "high_freq_factor",
+                       "original_max_position_embeddings", "partial_rotary_factor"}
+    if extra:
+        raise ValueError(f"{family}: rope parameters {sorted(extra)} are not supported")
+    return out
+
+
+class Weights:
+    """Name -> numpy array lookup that tolerates a missing model prefix and names what is missing."""
+
+    def __init__(self, get: Callable[[str], np.ndarray], names, prefixes=("",)):
+        self._get = get
+        self.names = set(names)
+        self.prefixes = prefixes
+        self.used = set()
+
+    def has(self, name: str) -> bool:
+        return any(p + name in self.names for p in self.prefixes)
+
+    def __call__(self, name: str) -> np.ndarray:
+        for p in self.prefixes:
+            if p + name in self.names:
+                self.used.add(p + name)
+                return np.asarray(self._get(p + name))
+        raise ValueError(
+            f"checkpoint is missing weight {name!r} (tried prefixes {list(self.prefixes)}); "
+            f"it has {len(self.names)} tensors, e.g. {sorted(self.names)[:4]}"
+        )
+
+    def stack(self, template: str, n: int, fn=lambda a: a) -> np.ndarray:
+        """Stack ``fn(weight)`` of layers 0..n-1 along a new leading layer axis."""
+        return np.stack([fn(self(template.format(i))) for i in range(n)])
+
+
+def split_heads_out(w_OD: np.ndarray, n: int, h: int) -> np.ndarray:
+    """torch Linear weight [n*h, D] -> [D, n, h]."""
+    return w_OD.reshape(n, h, -1).transpose(2, 0, 1)
+
+
+def merge_heads_out(w_DNH: np.ndarray) -> np.ndarray:
+    """[D, n, h] -> torch Linear weight [n*h, D]."""
+    D = w_DNH.shape[0]
+    return w_DNH.reshape(D, -1).T
