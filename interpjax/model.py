@@ -188,11 +188,11 @@ def compute_dtype(params: dict):
     return params["embed"]["tok"].dtype
 
 
-def _run(cfg: Config, params: dict, tokens_BT, mask_BT, ivs: tuple, record: tuple, layers: tuple):
+def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple):
     """Run the model; returns (logits, {site: recorded activations}). ``record`` and ``layers``
     are static: layer sites are recorded for ``layers`` only, stacked on a leading axis."""
     B, T = tokens_BT.shape
-    pos = positions_from_mask(mask_BT)
+    pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
     ctx = {
         "allowed_BTS": (jnp.arange(T)[None, :, None] >= jnp.arange(T)[None, None, :]) & (mask_BT[:, None, :] > 0),
         "dist_TS": jnp.arange(T)[:, None] - jnp.arange(T)[None, :],
@@ -251,17 +251,17 @@ def site_dtype(params: dict, site: str):
     return F32 if site in ("attn_scores", "pattern") else compute_dtype(params)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _run_jit(cfg, params, tokens_BT, mask_BT, ivs, record, layers):
-    return _run(cfg, params, tokens_BT, mask_BT, ivs, record, layers)
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _run_jit(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers):
+    return _run(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers)
 
 
 # ---------------------------------------------------------------------------------------------
 # public entry points
 
 
-def _prepare(cfg: Config, params: dict, tokens, attention_mask, interventions):
-    """Validate everything before compute; returns (tokens_BT, mask_BT, interventions tuple)."""
+def _prepare(cfg: Config, params: dict, tokens, attention_mask, interventions, position_ids=None):
+    """Validate everything before compute; returns (tokens_BT, mask_BT, pos_BT or None, interventions)."""
     tokens = jnp.asarray(tokens) if not isinstance(tokens, jax.core.Tracer) else tokens
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
@@ -285,15 +285,26 @@ def _prepare(cfg: Config, params: dict, tokens, attention_mask, interventions):
         if mask.shape != (B, T):
             raise ValueError(f"attention_mask has shape {mask.shape}; expected {(B, T)} like tokens")
         mask = mask.astype(jnp.int32)
+    if position_ids is not None:
+        position_ids = jnp.asarray(position_ids, jnp.int32)
+        if position_ids.shape != (B, T):
+            raise ValueError(f"position_ids has shape {position_ids.shape}; expected {(B, T)} like tokens")
+        top = ivmod._concrete(position_ids)
+        if top is not None and (top.min() < 0 or top.max() >= cfg.n_ctx):
+            raise ValueError(f"position_ids must lie in 0..{cfg.n_ctx - 1}")
     ivs = ivmod.compose(interventions) if interventions is not None else ()
     ivmod.validate(ivs, cfg, B, T, compute_dtype(params))
-    return tokens, mask, ivs
+    return tokens, mask, position_ids, ivs
 
 
-def forward(cfg: Config, params: dict, tokens, attention_mask=None, interventions=None):
-    """Logits [B, T, V] of ``tokens`` [B, T] with ``interventions`` (one, a sequence, or None)."""
-    tokens, mask, ivs = _prepare(cfg, params, tokens, attention_mask, interventions)
-    return _run_jit(cfg, params, tokens, mask, ivs, (), ())[0]
+def forward(cfg: Config, params: dict, tokens, attention_mask=None, interventions=None, *, position_ids=None):
+    """Logits [B, T, V] of ``tokens`` [B, T] with ``interventions`` (one, a sequence, or None).
+
+    Padding: ``attention_mask`` [B, T] (1 = real token) works with left or right padding; position
+    ids then skip the padding unless ``position_ids`` are given explicitly.
+    """
+    tokens, mask, pos, ivs = _prepare(cfg, params, tokens, attention_mask, interventions, position_ids)
+    return _run_jit(cfg, params, tokens, mask, pos, ivs, (), ())[0]
 
 
 @struct.dataclass
@@ -344,9 +355,12 @@ def _normalize_request(cfg: Config, sites, layers):
 
 
 def run_with_cache(cfg: Config, params: dict, tokens, sites=None, layers=None, attention_mask=None,
-                   interventions=None):
-    """(logits, Cache) recording only ``sites`` at ``layers`` (defaults: every site, every layer)."""
+                   interventions=None, *, position_ids=None):
+    """(logits, Cache) recording only ``sites`` at ``layers`` (defaults: every site, every layer).
+
+    Recorded activations are the values after any intervention at that site.
+    """
     sites, layers = _normalize_request(cfg, sites, layers)
-    tokens, mask, ivs = _prepare(cfg, params, tokens, attention_mask, interventions)
-    logits, acts = _run_jit(cfg, params, tokens, mask, ivs, sites, layers)
+    tokens, mask, pos, ivs = _prepare(cfg, params, tokens, attention_mask, interventions, position_ids)
+    logits, acts = _run_jit(cfg, params, tokens, mask, pos, ivs, sites, layers)
     return logits, Cache(acts=acts, layers=layers)

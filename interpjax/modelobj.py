@@ -23,14 +23,14 @@ class Model:
     tokenizer: Any = None
     name: str = ""
 
-    def apply(self, params, tokens, attention_mask=None, interventions=None):
-        return forward(self.cfg, params, tokens, attention_mask, interventions)
+    def apply(self, params, tokens, attention_mask=None, interventions=None, **kw):
+        return forward(self.cfg, params, tokens, attention_mask, interventions, **kw)
 
-    def __call__(self, tokens, attention_mask=None, interventions=None):
-        return forward(self.cfg, self.params, tokens, attention_mask, interventions)
+    def __call__(self, tokens, attention_mask=None, interventions=None, **kw):
+        return forward(self.cfg, self.params, tokens, attention_mask, interventions, **kw)
 
-    def run_with_cache(self, tokens, sites=None, layers=None, attention_mask=None, interventions=None):
-        return run_with_cache(self.cfg, self.params, tokens, sites, layers, attention_mask, interventions)
+    def run_with_cache(self, tokens, sites=None, layers=None, attention_mask=None, interventions=None, **kw):
+        return run_with_cache(self.cfg, self.params, tokens, sites, layers, attention_mask, interventions, **kw)
 
     def sites(self, batch: int = 1, seq: int | None = None) -> list[dict]:
         return list_sites(self.cfg, batch, seq)

@@ -60,7 +60,7 @@ def params_from_hf(w: Weights, cfg: Config) -> dict:
         "final_norm": {"scale": w("final_layer_norm.weight"), "bias": w("final_layer_norm.bias")},
     }
     if not cfg.tie_embeddings:
-        p["unembed"] = {"w": w("embed_out.weight").T}
+        p["unembed"] = {"w": w("embed_out.weight" if w.has("embed_out.weight") else "lm_head.weight").T}
     return p
 
 
