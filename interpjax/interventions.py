@@ -287,13 +287,14 @@ def _check_dtype(name, arr, dtype):
 
 
 def _check_indices(name, arr, size, what):
+    """Integer indices within range; positions may be negative (counted from the end)."""
     a = _concrete(arr)
-    if a is None:
+    if a is None or a.size == 0:
         return
     if not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"{name} must be integer indices, got dtype {a.dtype}")
-    if a.size and (a.min() < -size if what == "position" else a.min() < 0) or (a.size and a.max() >= size):
-        lo = -size if what == "position" else 0
+    lo = -size if what == "position" else 0
+    if a.min() < lo or a.max() >= size:
         raise ValueError(f"{name} {a.tolist()} out of range: valid {what}s are {lo}..{size - 1}")
 
 

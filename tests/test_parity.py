@@ -126,3 +126,49 @@ def test_scan_layer_index_is_traced():
     outs = [f(jnp.int32(l)) for l in range(cfg.n_layers)]
     assert len(traces) == 1
     assert not np.allclose(outs[0], outs[1])
+
+
+def test_hub_id_resolves_offline_from_hf_cache(tiny_checkpoint, tmp_path, monkeypatch):
+    """A hub id found in the Hugging Face cache loads with no network (HF_HUB_OFFLINE=1)."""
+    folder, _ = tiny_checkpoint("gpt2")
+    cache = tmp_path / "hub"
+    snap = cache / "models--someone--tiny-gpt2" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (cache / "models--someone--tiny-gpt2" / "refs").mkdir()
+    (cache / "models--someone--tiny-gpt2" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    model = interpjax.load("someone/tiny-gpt2")
+    t = tokens(seed=6)
+    assert np.array_equal(np.asarray(model(t)), np.asarray(interpjax.load(folder)(t)))
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a hub id"):
+        interpjax.load("someone/not-cached")
+
+
+@pytest.mark.parametrize("name, cfg", [
+    ("gpt2-xl", dict(vocab_size=50257, d_model=1600, n_layers=48, n_heads=25, d_head=64, d_mlp=6400, n_ctx=1024,
+                     positions="learned", qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=True)),
+    ("llama-7b", dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_head=128, d_mlp=11008, n_ctx=4096,
+                      positions="rotary", rotary_dim=128, norm="rmsnorm", norm_bias=False, mlp="gated",
+                      activation="silu")),
+])
+def test_full_size_configs_trace_abstractly(name, cfg):
+    """Full-size shapes trace end to end with jax.eval_shape, allocating nothing."""
+    import jax
+
+    from interpjax.convert import expected_shapes
+
+    cfg = interpjax.Config(**cfg)
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, np.float32), expected_shapes(cfg),
+                          is_leaf=lambda x: isinstance(x, tuple))
+    toks = jax.ShapeDtypeStruct((2, 16), np.int32)
+    mask = jax.ShapeDtypeStruct((2, 16), np.int32)
+    out = jax.eval_shape(lambda p, t, m: interpjax.model._run(cfg, p, t, m, None, (), ("resid_pre",), (0, 5))[0],
+                         params, toks, mask)
+    assert out.shape == (2, 16, cfg.vocab_size)
