@@ -188,9 +188,11 @@ def compute_dtype(params: dict):
     return params["embed"]["tok"].dtype
 
 
-def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple):
+def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
+         remat: bool = False):
     """Run the model; returns (logits, {site: recorded activations}). ``record`` and ``layers``
-    are static: layer sites are recorded for ``layers`` only, stacked on a leading axis."""
+    are static: layer sites are recorded for ``layers`` only, stacked on a leading axis.
+    ``remat`` recomputes each layer in the backward pass instead of storing its activations."""
     B, T = tokens_BT.shape
     pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
     ctx = {
@@ -226,7 +228,12 @@ def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, reco
                 seen[site] = a
             return a
 
-        y = block(cfg, p, x, dict(ctx, window=window), tap)
+        if remat:
+            if layer_record:
+                raise ValueError("remat=True cannot record layer activations")
+            y = jax.checkpoint(lambda p, x, w: block(cfg, p, x, dict(ctx, window=w), tap))(p, x, window)
+        else:
+            y = block(cfg, p, x, dict(ctx, window=window), tap)
         if all_layers:
             return (y, bufs), seen
         slot = jnp.asarray(slot_of_layer)[idx]
