@@ -11,7 +11,6 @@ activations are recorded into buffers sized by what was asked for.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

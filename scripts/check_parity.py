@@ -29,8 +29,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "models"))
     args = ap.parse_args()
-    print(f"| variant | family | fp32 max abs diff | bf16 max abs diff | max abs logit |")
-    print(f"|---|---|---|---|---|")
+    print("| variant | family | fp32 max abs diff | bf16 max abs diff | max abs logit |")
+    print("|---|---|---|---|---|")
     toks = np.random.default_rng(0).integers(0, 101, (2, 12))
     for name in TINY:
         with tempfile.TemporaryDirectory() as d:

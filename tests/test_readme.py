@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from conftest import REPO, STORIES, needs_stories

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import Config
-from .common import Weights, activation, check_fields, merge_heads_out, rope_fields, split_heads_out
+from .common import Weights, activation, check_fields, rope_fields
 
 MODEL_TYPES = ("gpt_neox",)
 PREFIXES = ("gpt_neox.", "")
@@ -65,7 +65,7 @@ def params_from_hf(w: Weights, cfg: Config) -> dict:
 
 
 def params_to_hf(p: dict, cfg: Config) -> dict:
-    L, D, N, H = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head
+    L, D = cfg.n_layers, cfg.d_model
     a, m, pre = p["layers"]["attn"], p["layers"]["mlp"], "gpt_neox."
     out = {pre + "embed_in.weight": p["embed"]["tok"], pre + "final_layer_norm.weight": p["final_norm"]["scale"],
            pre + "final_layer_norm.bias": p["final_norm"]["bias"]}
