@@ -41,5 +41,5 @@ def greedy(cfg: Config, params: dict, prompt_BT, max_new_tokens: int, interventi
     if total > cfg.n_ctx:
         raise ValueError(f"prompt ({prompt.shape[-1]}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx={cfg.n_ctx}")
     full = np.zeros(prompt.shape[:-1] + (total,), prompt.dtype)
-    tokens, _, _, ivs = M._prepare(cfg, params, full, None, interventions)  # validate at the final length
+    ivs = M._prepare(cfg, params, full, None, interventions)[3]  # validate at the final length
     return np.asarray(_greedy(cfg, params, jnp.asarray(prompt, jnp.int32), max_new_tokens, ivs))

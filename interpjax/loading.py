@@ -74,7 +74,7 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
         return p
     if p.exists():
         raise ValueError(f"{name_or_path}: expected a checkpoint folder, got a file")
-    if str(name_or_path).startswith((".", "/", "~")) or os.sep + os.sep in str(name_or_path):
+    if str(name_or_path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"no checkpoint folder at {name_or_path}")
     from huggingface_hub import snapshot_download
 

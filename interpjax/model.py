@@ -187,6 +187,18 @@ def compute_dtype(params: dict):
     return params["embed"]["tok"].dtype
 
 
+def _make_tap(ivs: tuple, layer_index, wanted: tuple, sink: dict):
+    """The hook every site passes through: apply this site's interventions, record if wanted."""
+
+    def tap(site, x):
+        x = ivmod.apply_at(ivs, site, x, layer_index)
+        if site in wanted:
+            sink[site] = x
+        return x
+
+    return tap
+
+
 def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
          remat: bool = False):
     """Run the model; returns (logits, {site: recorded activations}). ``record`` and ``layers``
@@ -201,13 +213,7 @@ def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, reco
     if cfg.positions == "rotary":
         ctx["cos"], ctx["sin"] = rotary_tables(cfg, pos)
     recorded = {}
-
-    def global_tap(site, x):
-        x = ivmod.apply_at(ivs, site, x, None)
-        if site in record:
-            recorded[site] = x
-        return x
-
+    global_tap = _make_tap(ivs, None, record, recorded)
     x = global_tap("embed", embed(cfg, params, tokens_BT, pos))
 
     layer_record = tuple(s for s in record if s in LAYER_SITES)
@@ -220,13 +226,7 @@ def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, reco
         x, bufs = carry
         p, idx, window = xs
         seen = {}
-
-        def tap(site, a):
-            a = ivmod.apply_at(ivs, site, a, idx)
-            if site in layer_record:
-                seen[site] = a
-            return a
-
+        tap = _make_tap(ivs, idx, layer_record, seen)
         if remat:
             if layer_record:
                 raise ValueError("remat=True cannot record layer activations")

@@ -85,17 +85,19 @@ def lm_loss(cfg: Config, params: dict, tokens_BT, loss_mask_BT=None, remat: bool
     return (nll * w).sum() / denom, acc
 
 
+def make_schedule(tc: TrainConfig):
+    """Linear warmup from 0 (if any), then constant / cosine decay / linear decay to 0."""
+    main_steps = max(tc.total_steps - tc.warmup_steps, 1)
+    main = {"constant": optax.constant_schedule(tc.lr),
+            "cosine": optax.cosine_decay_schedule(tc.lr, main_steps),
+            "linear": optax.linear_schedule(tc.lr, 0.0, main_steps)}[tc.schedule]
+    if not tc.warmup_steps:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, tc.lr, tc.warmup_steps), main], [tc.warmup_steps])
+
+
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-    if tc.schedule == "constant":
-        sched = optax.join_schedules([optax.linear_schedule(0.0, tc.lr, max(tc.warmup_steps, 1)),
-                                      optax.constant_schedule(tc.lr)], [max(tc.warmup_steps, 1)]) \
-            if tc.warmup_steps else optax.constant_schedule(tc.lr)
-    elif tc.schedule == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(0.0, tc.lr, max(tc.warmup_steps, 1), max(tc.total_steps, 2))
-    else:
-        sched = optax.join_schedules([optax.linear_schedule(0.0, tc.lr, max(tc.warmup_steps, 1)),
-                                      optax.linear_schedule(tc.lr, 0.0, max(tc.total_steps - tc.warmup_steps, 1))],
-                                     [max(tc.warmup_steps, 1)])
+    sched = make_schedule(tc)
     chain = ([optax.clip_by_global_norm(tc.clip_norm)] if tc.clip_norm else []) + [
         optax.adamw(sched, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay)]
     opt = optax.chain(*chain)

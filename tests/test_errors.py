@@ -127,13 +127,18 @@ def test_missing_weight_named(tiny_checkpoint, tmp_path):
         interpjax.load(bad)
 
 
+def copy_with_config(folder, dest, **changes):
+    """A copy of a checkpoint folder whose config.json has ``changes`` applied."""
+    shutil.copytree(folder, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg.update(changes)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
 def test_shapes_disagree_with_config(tiny_checkpoint, tmp_path):
     folder, _ = tiny_checkpoint("gpt2")
-    bad = tmp_path / "bad"
-    shutil.copytree(folder, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["vocab_size"] = 120
-    (bad / "config.json").write_text(json.dumps(cfg))
+    bad = copy_with_config(folder, tmp_path / "bad", vocab_size=120)
     with pytest.raises(ValueError, match=r"embed/tok: shape \(101, 32\), config needs \(120, 32\)"):
         interpjax.load(bad)
 
@@ -158,12 +163,7 @@ def test_unsupported_architecture_and_fields(tiny_checkpoint, tmp_path):
     folder, _ = tiny_checkpoint("llama")
 
     def with_config(name, **changes):
-        d = tmp_path / name
-        shutil.copytree(folder, d)
-        cfg = json.loads((d / "config.json").read_text())
-        cfg.update(changes)
-        (d / "config.json").write_text(json.dumps(cfg))
-        return d
+        return copy_with_config(folder, tmp_path / name, **changes)
 
     with pytest.raises(ValueError, match="unsupported architecture 'bert'; supported model types: gpt2, gpt_neo"):
         interpjax.convert.config_from_hf({"model_type": "bert"})

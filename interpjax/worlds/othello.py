@@ -390,6 +390,15 @@ _U_ZERO = _U(0)
 _U_SHIFTS = tuple((_U(s), inner) for s, inner in _DIRECTIONS)
 
 
+def _ray_np(seed_N: np.ndarray, o_N: np.ndarray, s, left: bool) -> np.ndarray:
+    """Opponent discs reachable from ``seed`` by repeated shifts of ``s`` in one direction."""
+    step = (lambda a: a << s) if left else (lambda a: a >> s)
+    x_N = step(seed_N) & o_N
+    for _ in range(5):
+        x_N |= step(x_N) & o_N
+    return x_N
+
+
 def _legal_np(own_N: np.ndarray, opp_N: np.ndarray) -> np.ndarray:
     """Batched ``_legal_bits`` on uint64 arrays."""
     empty_N = ~(own_N | opp_N)
@@ -397,14 +406,8 @@ def _legal_np(own_N: np.ndarray, opp_N: np.ndarray) -> np.ndarray:
     moves_N = np.zeros_like(own_N)
     for s, inner in _U_SHIFTS:
         o_N = opp_inner_N if inner else opp_N
-        x_N = (own_N << s) & o_N
-        for _ in range(5):
-            x_N |= (x_N << s) & o_N
-        moves_N |= x_N << s
-        x_N = (own_N >> s) & o_N
-        for _ in range(5):
-            x_N |= (x_N >> s) & o_N
-        moves_N |= x_N >> s
+        moves_N |= _ray_np(own_N, o_N, s, True) << s
+        moves_N |= _ray_np(own_N, o_N, s, False) >> s
     return moves_N & empty_N
 
 
@@ -414,13 +417,9 @@ def _flips_np(own_N: np.ndarray, opp_N: np.ndarray, bit_N: np.ndarray) -> np.nda
     flips_N = np.zeros_like(own_N)
     for s, inner in _U_SHIFTS:
         o_N = opp_inner_N if inner else opp_N
-        x_N = (bit_N << s) & o_N
-        for _ in range(5):
-            x_N |= (x_N << s) & o_N
+        x_N = _ray_np(bit_N, o_N, s, True)
         flips_N |= np.where(((x_N << s) & own_N) != 0, x_N, _U_ZERO)
-        x_N = (bit_N >> s) & o_N
-        for _ in range(5):
-            x_N |= (x_N >> s) & o_N
+        x_N = _ray_np(bit_N, o_N, s, False)
         flips_N |= np.where(((x_N >> s) & own_N) != 0, x_N, _U_ZERO)
     return flips_N
 
