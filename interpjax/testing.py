@@ -42,14 +42,31 @@ TINY = {
                                   intermediate_size=48, max_position_embeddings=64, vocab_size=101)),
 }
 
+# Encoders: name -> (HF config class, kwargs, transformers auto class: BertModel or BertForMaskedLM). Kept apart from TINY (whose
+# variants are causal LMs) so decoder-only loops over TINY stay valid.
+TINY_ENCODERS = {
+    "bert": ("BertConfig", dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=48,
+                                max_position_embeddings=64, vocab_size=101, type_vocab_size=2), "AutoModelForMaskedLM"),
+    "bert_base": ("BertConfig", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64, vocab_size=101, type_vocab_size=3,
+                                     layer_norm_eps=1e-12), "AutoModel"),
+    "bert_untied": ("BertConfig", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                       intermediate_size=48, max_position_embeddings=64, vocab_size=101,
+                                       type_vocab_size=2, hidden_act="relu", tie_word_embeddings=False),
+                    "AutoModelForMaskedLM"),
+}
+
 
 def tiny_hf_config(name: str, **overrides):
-    """A tiny transformers config for one of ``TINY``'s variants."""
+    """A tiny transformers config for one of ``TINY``'s or ``TINY_ENCODERS``' variants."""
     import transformers
 
-    if name not in TINY:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY)}")
-    cls, kw = TINY[name]
+    if name in TINY_ENCODERS:
+        cls, kw, _ = TINY_ENCODERS[name]
+    elif name in TINY:
+        cls, kw = TINY[name]
+    else:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY) + sorted(TINY_ENCODERS)}")
     return getattr(transformers, cls)(**{**kw, **overrides})
 
 
@@ -69,13 +86,15 @@ def randomize_(model, seed: int = 0) -> None:
 
 
 def random_hf_model(name: str, seed: int = 0, **overrides):
-    """A randomly initialised transformers causal LM (eval mode, eager attention)."""
+    """A randomly initialised transformers model (eval mode, eager attention): a causal LM for
+    ``TINY`` names, the listed encoder class (BertModel / BertForMaskedLM) for ``TINY_ENCODERS``."""
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     torch.manual_seed(seed)
     cfg = tiny_hf_config(name, **overrides)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    auto = TINY_ENCODERS[name][2] if name in TINY_ENCODERS else "AutoModelForCausalLM"
+    model = getattr(transformers, auto).from_config(cfg, attn_implementation="eager")
     randomize_(model, seed)
     return model.eval()
 
