@@ -132,10 +132,27 @@ def _check_batch_size(batch_size, n):
             raise ValueError(f"batch_size={batch_size} exceeds the number of examples {n}")
 
 
-def _over_layers(fn, X, *args):
-    """vmap a per-layer fit over the L axis of [L, N, D]; [N, D] runs as L = 1, so a one-layer fit
-    is the same batched program (bit-for-bit the same numbers) as that layer of an all-layers fit."""
-    out = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(X if X.ndim == 3 else X[None], *args)
+def _check_layer_chunk(layer_chunk):
+    if layer_chunk is not None:
+        _check_positive("layer_chunk", layer_chunk)
+
+
+def _over_layers(fn, X, *args, layer_chunk=None):
+    """vmap a per-layer fit over the L axis of [L, N, D]; [N, D] runs as L = 1, so a one-layer fit is
+    the same batched program (the same numbers) as that layer of an all-layers fit. ``layer_chunk``
+    (for memory) runs the one compiled program on that many layers at a time (last chunk padded)."""
+    XL = X if X.ndim == 3 else X[None]
+    L = XL.shape[0]
+    run = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))
+    if layer_chunk is None or layer_chunk >= L:
+        out = run(XL, *args)
+    else:
+        k = int(layer_chunk)
+        parts = []
+        for i in range(0, L, k):
+            idx = jnp.minimum(jnp.arange(i, i + k), L - 1)  # repeat the last layer to keep one shape
+            parts.append(jax.tree.map(lambda a: a[: min(k, L - i)], run(XL[idx], *args)))
+        out = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
     return out if X.ndim == 3 else jax.tree.map(lambda a: a[0], out)
 
 
@@ -206,9 +223,12 @@ def _ridge_layer(X_ND, Y_NK, fold_N, n_folds, alphas_A):
     return {"w": w, "b": my - _mm(mx, w)}, alpha, cv_mse
 
 
-def fit_ridge(X, y, *, alphas=np.logspace(-3, 4, 15), folds: int = 5, seed: int = 0) -> Probe:
+def fit_ridge(X, y, *, alphas=np.logspace(-3, 4, 15), folds: int = 5, seed: int = 0,
+              layer_chunk: int | None = None) -> Probe:
     """Closed-form ridge regression (with intercept) of y [N] / [N, K] on X [N, D] or [L, N, D],
-    the ridge strength chosen per layer by ``folds``-fold cross-validation (mean held-out MSE)."""
+    the ridge strength chosen per layer by ``folds``-fold cross-validation (mean held-out MSE).
+    ``layer_chunk`` bounds memory by fitting that many layers at a time (same compiled program)."""
+    _check_layer_chunk(layer_chunk)
     X = _check_X(X)
     n = X.shape[-2]
     Y, squeeze = _check_targets(y, n)
@@ -221,7 +241,8 @@ def fit_ridge(X, y, *, alphas=np.logspace(-3, 4, 15), folds: int = 5, seed: int 
         raise ValueError(f"{n} examples is fewer than folds={folds}; need at least one example per fold")
     fold_N = jnp.asarray(np.random.default_rng(seed).permutation(n) % folds, jnp.int32)
     alphas_A = jnp.asarray(alphas, jnp.float32)
-    params, alpha, cv_mse = _over_layers(lambda x, *a: _ridge_layer(x, *a[:2], folds, a[2]), X, Y, fold_N, alphas_A)
+    fit = lambda x, t, f, a: _ridge_layer(x, t, f, int(folds), a)  # noqa: E731
+    params, alpha, cv_mse = _over_layers(fit, X, Y, fold_N, alphas_A, layer_chunk=layer_chunk)
     return Probe(params=params, alpha=alpha, cv_mse=cv_mse, kind="ridge", task="regression", n_classes=None,
                  n_targets=Y.shape[1], d_in=X.shape[-1], n_layers=X.shape[0] if X.ndim == 3 else None,
                  squeeze=squeeze, alphas=tuple(float(a) for a in alphas))
@@ -276,9 +297,10 @@ def _logistic_layer(X_ND, L_NS, n_classes, steps, lr, batch_size, l2, n_targets,
 
 
 def fit_logistic(X, labels, n_classes: int, *, l2: float = 1e-4, steps: int = 500, lr: float = 1e-2,
-                 batch_size: int | None = None, seed: int = 0) -> Probe:
+                 batch_size: int | None = None, seed: int = 0, layer_chunk: int | None = None) -> Probe:
     """Multinomial logistic regression (adam) of int labels [N] or [N, S] (S independent targets,
     each with ``n_classes`` classes) on X [N, D] or [L, N, D]; weights [D, S, C] (S squeezed for [N])."""
+    _check_layer_chunk(layer_chunk)
     X = _check_X(X)
     n = X.shape[-2]
     L_NS, squeeze = _check_labels(labels, n, n_classes)
@@ -290,7 +312,7 @@ def fit_logistic(X, labels, n_classes: int, *, l2: float = 1e-4, steps: int = 50
     S = L_NS.shape[1]
     fit = lambda x, t: _logistic_layer(x, t, int(n_classes), int(steps), float(lr),  # noqa: E731
                                        None if batch_size is None else int(batch_size), float(l2), S, int(seed))
-    params = _over_layers(fit, X, L_NS)
+    params = _over_layers(fit, X, L_NS, layer_chunk=layer_chunk)
     return Probe(params=params, kind="logistic", task="classification", n_classes=int(n_classes), n_targets=S,
                  d_in=X.shape[-1], n_layers=X.shape[0] if X.ndim == 3 else None, squeeze=squeeze)
 
@@ -333,11 +355,12 @@ def _mlp_layer(X_ND, T_N, classification, n_out, hidden, steps, lr, weight_decay
 
 def fit_mlp(X, y, *, task: str = "classification", n_classes: int | None = None, hidden: int = 256,
             steps: int = 1000, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int | None = None,
-            seed: int = 0) -> Probe:
+            seed: int = 0, layer_chunk: int | None = None) -> Probe:
     """A 2-layer ReLU MLP probe (adamw): int labels [N] / [N, S] for classification, floats [N] /
     [N, K] for regression, on X [N, D] or [L, N, D]."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    _check_layer_chunk(layer_chunk)
     X = _check_X(X)
     n = X.shape[-2]
     if task == "classification":
@@ -357,7 +380,7 @@ def fit_mlp(X, y, *, task: str = "classification", n_classes: int | None = None,
     fit = lambda x, t: _mlp_layer(x, t, task == "classification", n_out, int(hidden), int(steps),  # noqa: E731
                                   float(lr), float(weight_decay), None if batch_size is None else int(batch_size),
                                   int(seed))
-    params = _over_layers(fit, X, T)
+    params = _over_layers(fit, X, T, layer_chunk=layer_chunk)
     return Probe(params=params, kind="mlp", task=task, n_classes=None if task == "regression" else int(n_classes),
                  n_targets=n_targets, d_in=X.shape[-1], n_layers=X.shape[0] if X.ndim == 3 else None,
                  squeeze=squeeze)
