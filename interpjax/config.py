@@ -15,11 +15,13 @@ ROTARY_STYLES = ("half", "interleaved")
 MLP_KINDS = ("standard", "gated")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "gelu_fast", "quick_gelu")
 ROPE_SCALINGS = ("none", "linear", "llama3")
+HEADS = ("lm", "none", "bert_mlm")
 
 
 @dataclass(frozen=True)
 class Config:
-    """Architecture of a decoder-only transformer, as the canonical decoder understands it.
+    """Architecture of a transformer, as the canonical model understands it (decoders, and
+    BERT-style encoders through the encoder switches).
 
     ``window`` holds one entry per layer: 0 for global causal attention, w > 0 for local
     attention where a query at position t sees keys s with 0 <= t - s < w.
@@ -56,6 +58,13 @@ class Config:
     window: tuple[int, ...] = ()  # per-layer local window, () = all global
     tie_embeddings: bool = False
     unembed_bias: bool = False
+    # encoder switches (BERT family); the defaults are the decoder's behaviour
+    causal: bool = True  # False: bidirectional attention (padding keys still masked)
+    post_norm: bool = False  # True: x = ln1(x + attn(x)); x = ln2(x + mlp(x)) (BERT), no final norm
+    type_vocab_size: int = 0  # > 0: token-type embeddings added to the input embedding
+    embed_norm: bool = False  # a LayerNorm after the embedding sum (params["embed"]["norm"])
+    final_norm: bool = True  # False: the final residual goes to the head un-normalised
+    head: str = "lm"  # "lm": unembed; "none": output the final hidden states; "bert_mlm": BERT MLM head
     family: str = "custom"  # the converter that produced it (informational)
     extra: tuple[tuple[str, object], ...] = field(default=())  # converter notes, hashable
 
@@ -70,6 +79,7 @@ class Config:
         choose("mlp", self.mlp, MLP_KINDS)
         choose("activation", self.activation, ACTIVATIONS)
         choose("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+        choose("head", self.head, HEADS)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_head", "d_mlp", "n_ctx"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"Config.{name} must be positive, got {getattr(self, name)}")
@@ -82,8 +92,10 @@ class Config:
             raise ValueError(f"window has {len(self.window)} entries for {self.n_layers} layers")
         if self.shared_norm and not self.parallel_residual:
             raise ValueError("shared_norm needs parallel_residual=True")
-        if self.tie_embeddings and self.unembed_bias:
-            raise ValueError("tied embeddings cannot carry an unembedding bias")
+        if self.parallel_residual and self.post_norm:
+            raise ValueError("post_norm (BERT) and parallel_residual cannot be combined")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
 
     @property
     def kv_heads(self) -> int:

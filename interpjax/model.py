@@ -19,7 +19,7 @@ from flax import struct
 
 from . import interventions as ivmod
 from .config import Config
-from .sites import LAYER_SITES, SITES, check_site, site_shape
+from .sites import ATTN_SITES, LAYER_SITES, SITES, check_site, site_shape
 
 F32 = jnp.float32
 
@@ -101,7 +101,10 @@ def apply_rotary(cfg: Config, x_BTNH, cos_BTR, sin_BTR):
 # one layer
 
 
-def attention(cfg: Config, p: dict, x_BTD, ctx, tap):
+def attention(cfg: Config, p: dict, x_BTD, ctx, tap, past_kv=None):
+    """Attention of the T new positions over S keys: ``past_kv`` (post-rotary [B, S0, K, H] keys
+    and values of earlier positions, or None) followed by the new positions themselves.
+    Returns (attn_out, (k, v)) with the new positions' post-rotary keys and values."""
     B, T, _ = x_BTD.shape
     N, K, H = cfg.n_heads, cfg.kv_heads, cfg.d_head
     G = N // K
@@ -114,18 +117,23 @@ def attention(cfg: Config, p: dict, x_BTD, ctx, tap):
     if cfg.positions == "rotary":
         q = apply_rotary(cfg, q, ctx["cos"], ctx["sin"])
         k = apply_rotary(cfg, k, ctx["cos"], ctx["sin"])
-    scores = jnp.einsum("btkgh,bskh->bkgts", q.reshape(B, T, K, G, H), k, preferred_element_type=F32)
-    scores = scores.reshape(B, N, T, T) * F32(cfg.scale)
-    allowed = ctx["allowed_BTS"] & ((ctx["window"] == 0) | (ctx["dist_TS"] < ctx["window"]))
+    k_all, v_all = k, v
+    if past_kv is not None:
+        k_all = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
+        v_all = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
+    S = k_all.shape[1]
+    scores = jnp.einsum("btkgh,bskh->bkgts", q.reshape(B, T, K, G, H), k_all, preferred_element_type=F32)
+    scores = scores.reshape(B, N, T, S) * F32(cfg.scale)
+    allowed = ctx["allowed_BTS"] & ((ctx["window"] == 0) | (ctx["dist_BTS"] < ctx["window"]))
     scores = jnp.where(allowed[:, None], scores, F32(ivmod.MASK_VALUE))
     scores = tap("attn_scores", scores)
     pattern = tap("pattern", jax.nn.softmax(scores, axis=-1))
-    z = jnp.einsum("bkgts,bskh->btkgh", pattern.astype(v.dtype).reshape(B, K, G, T, T), v)
+    z = jnp.einsum("bkgts,bskh->btkgh", pattern.astype(v.dtype).reshape(B, K, G, T, S), v_all)
     z = tap("z", z.reshape(B, T, N, H))
     out = jnp.einsum("btnh,nhd->btd", z, p["o"])
     if cfg.o_bias:
         out = out + p["o_bias"]
-    return tap("attn_out", out)
+    return tap("attn_out", out), (k, v)
 
 
 def mlp(cfg: Config, p: dict, x_BTD, tap):
@@ -146,16 +154,21 @@ def mlp(cfg: Config, p: dict, x_BTD, tap):
     return tap("mlp_out", out)
 
 
-def block(cfg: Config, p: dict, x_BTD, ctx, tap):
+def block(cfg: Config, p: dict, x_BTD, ctx, tap, past_kv=None):
+    """One layer; returns (resid_post, (k, v) of the new positions)."""
     x = tap("resid_pre", x_BTD)
+    if cfg.post_norm:  # BERT: normalise after each residual add
+        attn_out, kv = attention(cfg, p["attn"], x, ctx, tap, past_kv)
+        mid = tap("resid_mid", norm(cfg, p["ln1"], x + attn_out))
+        return tap("resid_post", norm(cfg, p["ln2"], mid + mlp(cfg, p["mlp"], mid, tap))), kv
     h = norm(cfg, p["ln1"], x)
-    attn_out = attention(cfg, p["attn"], h, ctx, tap)
+    attn_out, kv = attention(cfg, p["attn"], h, ctx, tap, past_kv)
     mid = tap("resid_mid", x + attn_out)
     if cfg.parallel_residual:
         mlp_in = h if cfg.shared_norm else norm(cfg, p["ln2"], x)
     else:
         mlp_in = norm(cfg, p["ln2"], mid)
-    return tap("resid_post", mid + mlp(cfg, p["mlp"], mlp_in, tap))
+    return tap("resid_post", mid + mlp(cfg, p["mlp"], mlp_in, tap)), kv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,20 +180,45 @@ def positions_from_mask(mask_BT):
     return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def embed(cfg: Config, params: dict, tokens_BT, pos_BT):
+def embed(cfg: Config, params: dict, tokens_BT, pos_BT, types_BT=None):
+    """Token (+ learned position, + token type) embedding, then the embedding norm if any."""
     x = jnp.take(params["embed"]["tok"], tokens_BT, axis=0)
     if cfg.positions == "learned":
         x = x + jnp.take(params["embed"]["pos"], pos_BT, axis=0)
+    if cfg.type_vocab_size:
+        types = jnp.zeros_like(tokens_BT) if types_BT is None else types_BT
+        x = x + jnp.take(params["embed"]["type"], types, axis=0)
+    if cfg.embed_norm:
+        x = norm(cfg, params["embed"]["norm"], x)
     return x
 
 
 def unembed(cfg: Config, params: dict, final_BTD):
+    """The output head on final hidden states: logits [B, T, V] ([B, T, D] for head="none")."""
+    if cfg.head == "none":
+        return final_BTD
+    x = final_BTD
+    if cfg.head == "bert_mlm":
+        h = params["head"]
+        x = activation(cfg.activation, jnp.einsum("btd,de->bte", x, h["w"]) + h["b"])
+        x = norm(cfg, h["norm"], x)
     if cfg.tie_embeddings:
-        return jnp.einsum("btd,vd->btv", final_BTD, params["embed"]["tok"])
-    logits = jnp.einsum("btd,dv->btv", final_BTD, params["unembed"]["w"])
+        logits = jnp.einsum("btd,vd->btv", x, params["embed"]["tok"])
+    else:
+        logits = jnp.einsum("btd,dv->btv", x, params["unembed"]["w"])
     if cfg.unembed_bias:
         logits = logits + params["unembed"]["b"]
     return logits
+
+
+def final_norm(cfg: Config, params: dict, x_BTD):
+    """The final norm (identity for models without one, e.g. BERT)."""
+    return norm(cfg, params["final_norm"], x_BTD) if cfg.final_norm else x_BTD
+
+
+def final_logits(cfg: Config, params: dict, x_BTD):
+    """Final norm + head of a last-layer residual, without taps (for lenses and segment runs)."""
+    return unembed(cfg, params, final_norm(cfg, params, x_BTD))
 
 
 def compute_dtype(params: dict):
@@ -199,55 +237,101 @@ def _make_tap(ivs: tuple, layer_index, wanted: tuple, sink: dict):
     return tap
 
 
-def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
-         remat: bool = False):
-    """Run the model; returns (logits, {site: recorded activations}). ``record`` and ``layers``
-    are static: layer sites are recorded for ``layers`` only, stacked on a leading axis.
-    ``remat`` recomputes each layer in the backward pass instead of storing its activations."""
-    B, T = tokens_BT.shape
-    pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
-    ctx = {
-        "allowed_BTS": (jnp.arange(T)[None, :, None] >= jnp.arange(T)[None, None, :]) & (mask_BT[:, None, :] > 0),
-        "dist_TS": jnp.arange(T)[:, None] - jnp.arange(T)[None, :],
-    }
-    if cfg.positions == "rotary":
-        ctx["cos"], ctx["sin"] = rotary_tables(cfg, pos)
-    recorded = {}
-    global_tap = _make_tap(ivs, None, record, recorded)
-    x = global_tap("embed", embed(cfg, params, tokens_BT, pos))
+def make_ctx(cfg: Config, q_pos_BT, q_valid_BT, k_pos_BS, k_valid_BS, *, rope_pos_BT=None):
+    """Attention context for T query positions over S keys (past keys first, then the queries).
 
+    ``q_pos``/``k_pos`` are sequence indices (buffer slots): they decide causality (key index <=
+    query index unless ``cfg.causal`` is False) and local windows (query index - key index < w).
+    ``k_valid`` masks padding keys. ``rope_pos_BT`` are the position ids the rotary embedding uses
+    for the queries (default ``q_pos``; pass ids that skip left padding). ``q_valid`` is accepted
+    for symmetry: outputs at invalid (padding) queries are unspecified and should be ignored.
+    """
+    del q_valid_BT
+    allowed = jnp.broadcast_to(k_valid_BS[:, None, :] > 0, (q_pos_BT.shape[0], q_pos_BT.shape[1], k_pos_BS.shape[1]))
+    if cfg.causal:
+        allowed = allowed & (k_pos_BS[:, None, :] <= q_pos_BT[:, :, None])
+    ctx = {"allowed_BTS": allowed, "dist_BTS": q_pos_BT[:, :, None] - k_pos_BS[:, None, :]}
+    if cfg.positions == "rotary":
+        ctx["cos"], ctx["sin"] = rotary_tables(cfg, q_pos_BT if rope_pos_BT is None else rope_pos_BT)
+    return ctx
+
+
+def _record_shape(cfg: Config, site: str, B: int, T: int, S: int):
+    return (B, cfg.n_heads, T, S) if site in ATTN_SITES else site_shape(cfg, site, B, T)
+
+
+def _run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple, layers: tuple,
+                start: int = 0, stop: int | None = None, past_kv=None, return_kv: bool = False,
+                remat: bool = False):
+    """Run layers ``start..stop-1`` (static) on the residual ``x_BTD`` of T positions.
+
+    ``past_kv``: (k, v) [stop-start, B, S0, K, H] post-rotary keys/values of earlier positions for
+    those layers, attended before the new positions (``ctx`` must describe S0 + T keys). Layer
+    sites in ``record`` are recorded for ``layers`` (a subset of start..stop-1), stacked on a
+    leading axis. Returns (x, recorded, (k, v) [stop-start, B, T, K, H] if ``return_kv`` else None).
+    """
+    stop = cfg.n_layers if stop is None else stop
+    if not 0 <= start < stop <= cfg.n_layers:
+        raise ValueError(f"layer range {start}..{stop - 1} is not inside 0..{cfg.n_layers - 1}")
+    outside = [l for l in layers if not start <= l < stop]
+    if outside:
+        raise ValueError(f"cannot record layers {outside}: only layers {start}..{stop - 1} run here")
+    B, T, _ = x_BTD.shape
+    S = ctx["allowed_BTS"].shape[-1]
     layer_record = tuple(s for s in record if s in LAYER_SITES)
-    all_layers = layers == tuple(range(cfg.n_layers))
+    all_layers = tuple(layers) == tuple(range(start, stop))
     slot_of_layer = np.full(cfg.n_layers, len(layers), np.int32)
     for i, layer in enumerate(layers):
         slot_of_layer[layer] = i
 
     def body(carry, xs):
         x, bufs = carry
-        p, idx, window = xs
+        p, idx, window, past = xs
         seen = {}
         tap = _make_tap(ivs, idx, layer_record, seen)
+        run = lambda p, x, w, past: block(cfg, p, x, dict(ctx, window=w), tap, past)
         if remat:
             if layer_record:
                 raise ValueError("remat=True cannot record layer activations")
-            y = jax.checkpoint(lambda p, x, w: block(cfg, p, x, dict(ctx, window=w), tap))(p, x, window)
-        else:
-            y = block(cfg, p, x, dict(ctx, window=window), tap)
+            run = jax.checkpoint(run)
+        y, kv = run(p, x, window, past)
+        out = {"kv": kv} if return_kv else {}
         if all_layers:
-            return (y, bufs), seen
-        slot = jnp.asarray(slot_of_layer)[idx]
-        bufs = {s: jax.lax.dynamic_update_index_in_dim(bufs[s], seen[s].astype(bufs[s].dtype), slot, 0) for s in bufs}
-        return (y, bufs), None
+            out.update(seen)
+        elif layer_record:
+            slot = jnp.asarray(slot_of_layer)[idx]
+            bufs = {s: jax.lax.dynamic_update_index_in_dim(bufs[s], seen[s].astype(bufs[s].dtype), slot, 0)
+                    for s in bufs}
+        return (y, bufs), out
 
     bufs = {}
     if layer_record and not all_layers:
-        bufs = {s: jnp.zeros((len(layers) + 1,) + site_shape(cfg, s, B, T), site_dtype(params, s)) for s in layer_record}
-    xs = (params["layers"], jnp.arange(cfg.n_layers), jnp.asarray(cfg.windows, jnp.int32))
-    (x, bufs), ys = jax.lax.scan(body, (x, bufs), xs)
+        bufs = {s: jnp.zeros((len(layers) + 1,) + _record_shape(cfg, s, B, T, S), site_dtype(params, s))
+                for s in layer_record}
+    lp = params["layers"] if (start, stop) == (0, cfg.n_layers) else jax.tree.map(lambda a: a[start:stop], params["layers"])
+    xs = (lp, jnp.arange(start, stop), jnp.asarray(cfg.windows[start:stop], jnp.int32), past_kv)
+    (x, bufs), ys = jax.lax.scan(body, (x_BTD, bufs), xs)
+    recorded = {}
     if layer_record:
-        recorded.update(ys if all_layers else {s: b[: len(layers)] for s, b in bufs.items()})
+        recorded = {s: ys[s] for s in layer_record} if all_layers else {s: b[: len(layers)] for s, b in bufs.items()}
+    return x, recorded, (ys["kv"] if return_kv else None)
 
-    final = global_tap("final", norm(cfg, params["final_norm"], x))
+
+def _run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
+         remat: bool = False, types_BT=None):
+    """Run the model; returns (logits, {site: recorded activations}). ``record`` and ``layers``
+    are static: layer sites are recorded for ``layers`` only, stacked on a leading axis.
+    ``remat`` recomputes each layer in the backward pass instead of storing its activations."""
+    B, T = tokens_BT.shape
+    pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
+    idx = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+    ctx = make_ctx(cfg, idx, mask_BT, idx, mask_BT, rope_pos_BT=pos)
+    recorded = {}
+    global_tap = _make_tap(ivs, None, record, recorded)
+    x = global_tap("embed", embed(cfg, params, tokens_BT, pos, types_BT))
+    x, layer_acts, _ = _run_layers(cfg, params, x, ctx, ivs, record, layers, remat=remat)
+    recorded.update(layer_acts)
+    final = global_tap("final", final_norm(cfg, params, x))
     logits = global_tap("logits", unembed(cfg, params, final))
     return logits, recorded
 
@@ -258,8 +342,23 @@ def site_dtype(params: dict, site: str):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6, 7))
-def _run_jit(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers):
-    return _run(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers)
+def _run_jit(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_BT=None):
+    return _run(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_BT=types_BT)
+
+
+def _check_types(cfg: Config, token_type_ids, shape):
+    """Validate token-type ids (BERT segment ids) against the config; None stays None."""
+    if token_type_ids is None:
+        return None
+    if not cfg.type_vocab_size:
+        raise ValueError("token_type_ids given but this model has no token-type embeddings (type_vocab_size=0)")
+    types = jnp.asarray(token_type_ids, jnp.int32)
+    if types.shape != tuple(shape):
+        raise ValueError(f"token_type_ids has shape {types.shape}; expected {tuple(shape)} like tokens")
+    top = ivmod._concrete(types)
+    if top is not None and (top.min() < 0 or top.max() >= cfg.type_vocab_size):
+        raise ValueError(f"token_type_ids must lie in 0..{cfg.type_vocab_size - 1}")
+    return types
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,14 +402,17 @@ def _prepare(cfg: Config, params: dict, tokens, attention_mask, interventions, p
     return tokens, mask, position_ids, ivs
 
 
-def forward(cfg: Config, params: dict, tokens, attention_mask=None, interventions=None, *, position_ids=None):
+def forward(cfg: Config, params: dict, tokens, attention_mask=None, interventions=None, *, position_ids=None,
+            token_type_ids=None):
     """Logits [B, T, V] of ``tokens`` [B, T] with ``interventions`` (one, a sequence, or None).
 
     Padding: ``attention_mask`` [B, T] (1 = real token) works with left or right padding; position
-    ids then skip the padding unless ``position_ids`` are given explicitly.
+    ids then skip the padding unless ``position_ids`` are given explicitly. Encoders with
+    ``head="none"`` return the final hidden states [B, T, D] instead of logits.
     """
     tokens, mask, pos, ivs = _prepare(cfg, params, tokens, attention_mask, interventions, position_ids)
-    return _run_jit(cfg, params, tokens, mask, pos, ivs, (), ())[0]
+    types = _check_types(cfg, token_type_ids, tokens.shape)
+    return _run_jit(cfg, params, tokens, mask, pos, ivs, (), (), types)[0]
 
 
 @struct.dataclass
@@ -361,12 +463,13 @@ def _normalize_request(cfg: Config, sites, layers):
 
 
 def run_with_cache(cfg: Config, params: dict, tokens, sites=None, layers=None, attention_mask=None,
-                   interventions=None, *, position_ids=None):
+                   interventions=None, *, position_ids=None, token_type_ids=None):
     """(logits, Cache) recording only ``sites`` at ``layers`` (defaults: every site, every layer).
 
     Recorded activations are the values after any intervention at that site.
     """
     sites, layers = _normalize_request(cfg, sites, layers)
     tokens, mask, pos, ivs = _prepare(cfg, params, tokens, attention_mask, interventions, position_ids)
-    logits, acts = _run_jit(cfg, params, tokens, mask, pos, ivs, sites, layers)
+    types = _check_types(cfg, token_type_ids, tokens.shape)
+    logits, acts = _run_jit(cfg, params, tokens, mask, pos, ivs, sites, layers, types)
     return logits, Cache(acts=acts, layers=layers)

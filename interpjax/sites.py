@@ -47,13 +47,13 @@ SITE_DOCS = {
     "pattern": "attention probabilities after softmax",
     "z": "per-head attention outputs (pattern @ v), before the output projection",
     "attn_out": "attention branch output after the output projection (+bias)",
-    "resid_mid": "resid_pre + attn_out",
+    "resid_mid": "resid_pre + attn_out (post-norm encoders: ln1(resid_pre + attn_out))",
     "mlp_pre": "MLP pre-activation (the gate's, for gated MLPs)",
     "mlp_post": "MLP hidden activation (act(gate) * up for gated MLPs)",
     "mlp_out": "MLP output after the down projection (+bias)",
-    "resid_post": "residual stream leaving the layer",
-    "final": "residual after the final norm",
-    "logits": "unembedded logits",
+    "resid_post": "residual stream leaving the layer (post-norm encoders: after ln2)",
+    "final": "residual after the final norm (the last resid_post for models without one)",
+    "logits": "unembedded logits (the final hidden states for encoders with head='none')",
 }
 
 
@@ -85,7 +85,7 @@ def feature_shape(cfg: Config, site: str) -> tuple[int, ...]:
         "mlp_out": (D,),
         "resid_post": (D,),
         "final": (D,),
-        "logits": (V,),
+        "logits": (D,) if cfg.head == "none" else (V,),
     }.get(site, ())
 
 

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import Config
-from . import gpt2, gpt_neo, gpt_neox, gptj, llama
+from . import bert, gpt2, gpt_neo, gpt_neox, gptj, llama
 from .common import Weights
 
-FAMILIES: dict[str, ModuleType] = {t: m for m in (gpt2, gpt_neox, gptj, gpt_neo, llama) for t in m.MODEL_TYPES}
+FAMILIES: dict[str, ModuleType] = {t: m for m in (gpt2, gpt_neox, gptj, gpt_neo, llama, bert) for t in m.MODEL_TYPES}
 SUPPORTED = tuple(sorted(FAMILIES))
 
 
@@ -44,12 +44,23 @@ def expected_shapes(cfg: Config) -> dict:
     layers = {"ln1": ln(), "attn": attn, "mlp": mlp}
     if not cfg.shared_norm:
         layers["ln2"] = ln()
-    shapes = {"embed": {"tok": (V, D)}, "layers": layers,
-              "final_norm": {k: v[1:] for k, v in ln().items()}}
+    shapes = {"embed": {"tok": (V, D)}, "layers": layers}
+    if cfg.final_norm:
+        shapes["final_norm"] = {k: v[1:] for k, v in ln().items()}
     if cfg.positions == "learned":
         shapes["embed"]["pos"] = (cfg.n_ctx, D)
-    if not cfg.tie_embeddings:
-        shapes["unembed"] = {"w": (D, V), **({"b": (V,)} if cfg.unembed_bias else {})}
+    if cfg.type_vocab_size:
+        shapes["embed"]["type"] = (cfg.type_vocab_size, D)
+    if cfg.embed_norm:
+        shapes["embed"]["norm"] = {k: v[1:] for k, v in ln().items()}
+    if cfg.head == "bert_mlm":
+        shapes["head"] = {"w": (D, D), "b": (D,), "norm": {k: v[1:] for k, v in ln().items()}}
+    if cfg.head != "none":
+        unembed = {} if cfg.tie_embeddings else {"w": (D, V)}
+        if cfg.unembed_bias:
+            unembed["b"] = (V,)
+        if unembed:
+            shapes["unembed"] = unembed
     return shapes
 
 
