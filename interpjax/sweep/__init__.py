@@ -1,0 +1,15 @@
+"""Sweeps: grids of interventions evaluated by one compiled program per chunk shape, with minimal
+recompute, chunking to a memory budget, sharding over devices and hosts, and resume.
+
+    import interpjax.sweep as sw
+    grid = sw.product(layer=np.arange(12), coeff=np.linspace(-8, 8, 16)).build(
+        lambda a: Add("resid_pre", layer=a.layer, vector=v, coeff=a.coeff))
+    diff = sw.sweep(model, tokens, grid, lambda out: (out.logits(-1, 0) - out.logits(-1, 1)).mean())  # [12, 16]
+"""
+
+from .engine import Plan, default_memory_budget, param_shardings, plan_sweep, sweep
+from .grid import Axis, Grid, Ref, Space, axis, from_stacked, product, zip
+from .readout import Readout
+
+__all__ = ["Axis", "Grid", "Plan", "Readout", "Ref", "Space", "axis", "default_memory_budget", "from_stacked",
+           "param_shardings", "plan_sweep", "product", "sweep", "zip"]
