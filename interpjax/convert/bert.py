@@ -92,7 +92,11 @@ def params_from_hf(w: Weights, cfg: Config) -> dict:
         t = "cls.predictions.transform."
         p["head"] = {"w": w(t + "dense.weight").T, "b": w(t + "dense.bias"),
                      "norm": {"scale": w(t + "LayerNorm.weight"), "bias": w(t + "LayerNorm.bias")}}
-        bias = "cls.predictions.bias" if w.has("cls.predictions.bias") else "cls.predictions.decoder.bias"
+        # transformers ties decoder.bias to cls.predictions.bias only with tied embeddings; untied, the
+        # decoder's own bias is the one its forward adds.
+        names = ("cls.predictions.bias", "cls.predictions.decoder.bias")
+        names = names if cfg.tie_embeddings else names[::-1]
+        bias = names[0] if w.has(names[0]) else names[1]
         p["unembed"] = {"b": w(bias)}
         if not cfg.tie_embeddings:
             p["unembed"]["w"] = w("cls.predictions.decoder.weight").T
