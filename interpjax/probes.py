@@ -30,6 +30,7 @@ TASKS = ("regression", "classification")
 HIGHEST = jax.lax.Precision.HIGHEST
 _mm = partial(jnp.matmul, precision=HIGHEST)
 _FORMAT = "interpjax.probe/1"
+CV_RTOL = 1e-4  # CV errors within this relative distance of the best count as ties (largest alpha wins)
 
 
 @struct.dataclass
@@ -137,21 +138,21 @@ def _check_layer_chunk(layer_chunk):
         _check_positive("layer_chunk", layer_chunk)
 
 
-def _over_layers(fn, X, *args, layer_chunk=None):
-    """vmap a per-layer fit over the L axis of [L, N, D]; [N, D] runs as L = 1, so a one-layer fit is
-    the same batched program (the same numbers) as that layer of an all-layers fit. ``layer_chunk``
-    (for memory) runs the one compiled program on that many layers at a time (last chunk padded)."""
+def _over_layers(run, X, layer_chunk=None):
+    """Apply ``run`` (a jitted fit vmapped over a leading layer axis) to [L, N, D]; [N, D] runs as
+    L = 1, so a one-layer fit is the same batched program (the same numbers) as that layer of an
+    all-layers fit. ``layer_chunk`` (for memory) runs it on that many layers at a time, the last
+    chunk padded so that one compiled program serves every chunk."""
     XL = X if X.ndim == 3 else X[None]
     L = XL.shape[0]
-    run = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))
     if layer_chunk is None or layer_chunk >= L:
-        out = run(XL, *args)
+        out = run(XL)
     else:
         k = int(layer_chunk)
         parts = []
         for i in range(0, L, k):
             idx = jnp.minimum(jnp.arange(i, i + k), L - 1)  # repeat the last layer to keep one shape
-            parts.append(jax.tree.map(lambda a: a[: min(k, L - i)], run(XL[idx], *args)))
+            parts.append(jax.tree.map(lambda a: a[: min(k, L - i)], run(XL[idx])))
         out = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
     return out if X.ndim == 3 else jax.tree.map(lambda a: a[0], out)
 
@@ -203,6 +204,10 @@ def _ridge_basis(X_ND, Y_NK, w_N):
 
 
 @partial(jax.jit, static_argnums=(3,))
+def _ridge_layers(X_LND, Y_NK, fold_N, n_folds, alphas_A):
+    return jax.vmap(lambda x: _ridge_layer(x, Y_NK, fold_N, n_folds, alphas_A))(X_LND)
+
+
 def _ridge_layer(X_ND, Y_NK, fold_N, n_folds, alphas_A):
     """Cross-validate every alpha over the folds, then refit on all rows with the best alpha."""
 
@@ -216,17 +221,36 @@ def _ridge_layer(X_ND, Y_NK, fold_N, n_folds, alphas_A):
         return jnp.sum(err_AN * (1.0 - train), axis=-1)  # held-out squared error per alpha
 
     cv_mse = jax.vmap(fold_errors)(jnp.arange(n_folds)).sum(0) / X_ND.shape[0]
-    best = jnp.argmin(cv_mse)
-    alpha = alphas_A[best]
-    mx, my, Q, s, P = _ridge_basis(X_ND, Y_NK, jnp.ones(X_ND.shape[0], jnp.float32))
-    w = _mm(Q, P / (s + alpha)[:, None])
-    return {"w": w, "b": my - _mm(mx, w)}, alpha, cv_mse
+    # the strongest ridge among those within CV_RTOL of the best CV error: near-ties (common when the
+    # noise is tiny) then resolve the same way whatever the float32 round-off of each program.
+    near = cv_mse <= jnp.min(cv_mse) * (1.0 + CV_RTOL)
+    alpha = jnp.max(jnp.where(near, alphas_A, -jnp.inf))
+    return _ridge_solve(X_ND, Y_NK, alpha), alpha, cv_mse
+
+
+def _ridge_solve(X_ND, Y_NK, alpha, refine: int = 2):
+    """Ridge weights and intercept on all rows for one alpha, with ``refine`` steps of iterative
+    refinement of the (primal or dual) linear system so float32 round-off stays near machine eps."""
+    mx, my = X_ND.mean(0), Y_NK.mean(0)
+    Xc, Yc = X_ND - mx, Y_NK - my
+    primal = X_ND.shape[1] <= X_ND.shape[0]
+    A = _mm(Xc.T, Xc) if primal else _mm(Xc, Xc.T)  # Gram [D, D] or kernel [N, N]
+    B = _mm(Xc.T, Yc) if primal else Yc
+    s, E = jnp.linalg.eigh(A)
+    inv = 1.0 / (jnp.maximum(s, 0.0) + alpha)
+    solve = lambda r: _mm(E, inv[:, None] * _mm(E.T, r))  # noqa: E731
+    z = solve(B)
+    for _ in range(refine):
+        z = z + solve(B - _mm(A, z) - alpha * z)
+    w = z if primal else _mm(Xc.T, z)
+    return {"w": w, "b": my - _mm(mx, w)}
 
 
 def fit_ridge(X, y, *, alphas=np.logspace(-3, 4, 15), folds: int = 5, seed: int = 0,
               layer_chunk: int | None = None) -> Probe:
     """Closed-form ridge regression (with intercept) of y [N] / [N, K] on X [N, D] or [L, N, D],
-    the ridge strength chosen per layer by ``folds``-fold cross-validation (mean held-out MSE).
+    the ridge strength chosen per layer by ``folds``-fold cross-validation (mean held-out MSE; the
+    largest alpha within ``CV_RTOL`` of the best wins ties). Alphas are absolute (sklearn's convention).
     ``layer_chunk`` bounds memory by fitting that many layers at a time (same compiled program)."""
     _check_layer_chunk(layer_chunk)
     X = _check_X(X)
@@ -241,8 +265,8 @@ def fit_ridge(X, y, *, alphas=np.logspace(-3, 4, 15), folds: int = 5, seed: int 
         raise ValueError(f"{n} examples is fewer than folds={folds}; need at least one example per fold")
     fold_N = jnp.asarray(np.random.default_rng(seed).permutation(n) % folds, jnp.int32)
     alphas_A = jnp.asarray(alphas, jnp.float32)
-    fit = lambda x, t, f, a: _ridge_layer(x, t, f, int(folds), a)  # noqa: E731
-    params, alpha, cv_mse = _over_layers(fit, X, Y, fold_N, alphas_A, layer_chunk=layer_chunk)
+    run = lambda XL: _ridge_layers(XL, Y, fold_N, int(folds), alphas_A)  # noqa: E731
+    params, alpha, cv_mse = _over_layers(run, X, layer_chunk)
     return Probe(params=params, alpha=alpha, cv_mse=cv_mse, kind="ridge", task="regression", n_classes=None,
                  n_targets=Y.shape[1], d_in=X.shape[-1], n_layers=X.shape[0] if X.ndim == 3 else None,
                  squeeze=squeeze, alphas=tuple(float(a) for a in alphas))
@@ -281,6 +305,10 @@ def _train(loss_fn, params, opt, X_ND, T_N, key, steps, batch_size):
 
 
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 7, 8))
+def _logistic_layers(X_LND, *args):
+    return jax.vmap(lambda x: _logistic_layer(x, *args))(X_LND)
+
+
 def _logistic_layer(X_ND, L_NS, n_classes, steps, lr, batch_size, l2, n_targets, seed):
     Xs, mu, scale = _standardize(X_ND)
     D = X_ND.shape[1]
@@ -310,14 +338,19 @@ def fit_logistic(X, labels, n_classes: int, *, l2: float = 1e-4, steps: int = 50
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0; got {l2}")
     S = L_NS.shape[1]
-    fit = lambda x, t: _logistic_layer(x, t, int(n_classes), int(steps), float(lr),  # noqa: E731
-                                       None if batch_size is None else int(batch_size), float(l2), S, int(seed))
-    params = _over_layers(fit, X, L_NS, layer_chunk=layer_chunk)
+    bs = None if batch_size is None else int(batch_size)
+    run = lambda XL: _logistic_layers(XL, L_NS, int(n_classes), int(steps), float(lr), bs, float(l2), S,  # noqa: E731
+                                      int(seed))
+    params = _over_layers(run, X, layer_chunk)
     return Probe(params=params, kind="logistic", task="classification", n_classes=int(n_classes), n_targets=S,
                  d_in=X.shape[-1], n_layers=X.shape[0] if X.ndim == 3 else None, squeeze=squeeze)
 
 
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8, 9))
+def _mlp_layers(X_LND, *args):
+    return jax.vmap(lambda x: _mlp_layer(x, *args))(X_LND)
+
+
 def _mlp_layer(X_ND, T_N, classification, n_out, hidden, steps, lr, weight_decay, batch_size, seed):
     Xs, mu, scale = _standardize(X_ND)
     D = X_ND.shape[1]
@@ -377,10 +410,10 @@ def fit_mlp(X, y, *, task: str = "classification", n_classes: int | None = None,
     _check_batch_size(batch_size, n)
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
-    fit = lambda x, t: _mlp_layer(x, t, task == "classification", n_out, int(hidden), int(steps),  # noqa: E731
-                                  float(lr), float(weight_decay), None if batch_size is None else int(batch_size),
-                                  int(seed))
-    params = _over_layers(fit, X, T, layer_chunk=layer_chunk)
+    bs = None if batch_size is None else int(batch_size)
+    run = lambda XL: _mlp_layers(XL, T, task == "classification", n_out, int(hidden), int(steps),  # noqa: E731
+                                 float(lr), float(weight_decay), bs, int(seed))
+    params = _over_layers(run, X, layer_chunk)
     return Probe(params=params, kind="mlp", task=task, n_classes=None if task == "regression" else int(n_classes),
                  n_targets=n_targets, d_in=X.shape[-1], n_layers=X.shape[0] if X.ndim == 3 else None,
                  squeeze=squeeze)
