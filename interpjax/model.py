@@ -194,18 +194,18 @@ def embed(cfg: Config, params: dict, tokens_BT, pos_BT, types_BT=None):
 
 
 def unembed(cfg: Config, params: dict, final_BTD):
-    """The output head on final hidden states: logits [B, T, V] ([B, T, D] for head="none")."""
+    """The output head on final hidden states [..., D]: logits [..., V] ([..., D] for head="none")."""
     if cfg.head == "none":
         return final_BTD
     x = final_BTD
     if cfg.head == "bert_mlm":
         h = params["head"]
-        x = activation(cfg.activation, jnp.einsum("btd,de->bte", x, h["w"]) + h["b"])
+        x = activation(cfg.activation, jnp.einsum("...d,de->...e", x, h["w"]) + h["b"])
         x = norm(cfg, h["norm"], x)
     if cfg.tie_embeddings:
-        logits = jnp.einsum("btd,vd->btv", x, params["embed"]["tok"])
+        logits = jnp.einsum("...d,vd->...v", x, params["embed"]["tok"])
     else:
-        logits = jnp.einsum("btd,dv->btv", x, params["unembed"]["w"])
+        logits = jnp.einsum("...d,dv->...v", x, params["unembed"]["w"])
     if cfg.unembed_bias:
         logits = logits + params["unembed"]["b"]
     return logits
