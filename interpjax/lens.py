@@ -379,15 +379,18 @@ class TokenStream:
 # training
 
 
-def make_lens_step(cfg: Config, opt: optax.GradientTransformation):
-    """Jitted (arrays, opt_state, params, tokens) -> (arrays, opt_state, metrics); model params frozen."""
+@functools.lru_cache(maxsize=16)
+def make_lens_step(cfg: Config, tc: TrainConfig):
+    """(optimizer, jitted (arrays, opt_state, params, tokens) -> (arrays, opt_state, metrics)); the model
+    params are an input, never updated. Cached per (cfg, tc) so a resumed trainer reuses the compiled step."""
+    opt = make_optimizer(tc)
 
     def step(arrays, opt_state, params, tokens):
         loss, grads = jax.value_and_grad(kl_loss)(arrays, cfg, params, tokens)
         updates, opt_state = opt.update(grads, opt_state, arrays)
         return optax.apply_updates(arrays, updates), opt_state, {"kl": loss, "grad_norm": optax.global_norm(grads)}
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return opt, jax.jit(step, donate_argnums=(0, 1))
 
 
 class TunedLensTrainer:
@@ -413,8 +416,7 @@ class TunedLensTrainer:
                                  f"use a new workdir or the same settings to resume")
         else:
             _atomic_write(run_path, json.dumps(run, indent=1))
-        self.opt = make_optimizer(tc)
-        self.step_fn = make_lens_step(cfg, self.opt)
+        self.opt, self.step_fn = make_lens_step(cfg, tc)
         self.arrays = {k: jnp.array(v, F32) for k, v in lens.arrays().items()}
         self.opt_state = self.opt.init(self.arrays)
         self.step = 0

@@ -123,7 +123,7 @@ def test_training_lowers_kl_on_held_out_tokens(tiny_model, tmp_path):
 def test_resume_after_interruption_equals_uninterrupted(tiny_model, tmp_path):
     m, _ = tiny_model("llama")
     batches = _batch_fn(m.cfg)
-    ref = LZ.TunedLensTrainer(m.cfg, m.params, _tc(7), tmp_path / "ref")
+    ref = LZ.TunedLensTrainer(m.cfg, m.params, _tc(7), tmp_path / "ref")  # never interrupted
     ref.train(batches, 7, progress=False)
 
     def dies_at_5(step):
@@ -236,8 +236,10 @@ def test_logit_lens_experiment_quick(tmp_path):
     corpus = res["per_layer"]["handwritten corpus"]
     assert corpus["kl"][-1] == 0.0 and corpus["ppl"][-1] < 10  # the model itself predicts this text well
     assert all(a > b for a, b in zip(corpus["kl"], corpus["kl"][1:]))  # KL falls layer by layer
-    assert (tmp_path / "quick" / "trajectory_0_prob.png").stat().st_size > 10_000
-    tracked = res["trajectories"][1]["tracked"][0]  # the opening quote after 'Tom said,'
+    assert (tmp_path / "quick" / "trajectory_1_prob.png").stat().st_size > 10_000
+    (traj,) = res["trajectories"]
+    tracked = traj["tracked"][0]  # the opening quote after 'Tom said,'
+    assert traj["prompt"].endswith("Tom said,") and tracked["token"] == '_"'
     assert tracked["rank"][-1] == 0 and tracked["rank"][0] > 0
 
 

@@ -54,7 +54,7 @@ def write_json(path: Path, obj):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="two prompts, a few evaluation blocks")
+    ap.add_argument("--quick", action="store_true", help="one prompt, one evaluation block per text set")
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
@@ -65,9 +65,10 @@ def main(argv=None):
     cfg, params, tok = model.cfg, model.params, model.tokenizer
     rows = [str(l) for l in range(cfg.n_layers)] + ["out"]
 
-    prompts = PROMPTS[:2] if args.quick else PROMPTS
     trajectories = []
-    for p, text in enumerate(prompts):
+    for p, text in enumerate(PROMPTS):
+        if args.quick and p != 1:
+            continue
         tokens, _ = model.to_tokens([text])
         lg = LZ.logit_lens(cfg, params, tokens)[:, 0]  # [L+1, T, V]
         labels = [token_label(tok, i) for i in tokens[0]]
@@ -76,7 +77,7 @@ def main(argv=None):
                                color=color, row_labels=rows,
                                title=f"logit lens on {Path(args.model).name}, prompt {p} (colour: {color})")
         probs, ids = LZ.top_k(lg[:, -1], 5)
-        trajectories.append({"prompt": text, "last_position_top5": [
+        trajectories.append({"index": p, "prompt": text, "last_position_top5": [
             [[token_label(tok, i), round(float(q), 4)] for i, q in zip(ids[l], probs[l])] for l in range(cfg.n_layers + 1)]})
         for pi, piece in TRACK:
             if pi != p:
@@ -89,7 +90,7 @@ def main(argv=None):
                 {"token": piece.replace("▁", "_"), "rank": np.asarray(rank[:, 0, -1]).tolist(),
                  "prob": [round(float(x), 5) for x in prob[:, 0, -1]]})
 
-    n_eval = 2 if args.quick else 8
+    n_eval = 1 if args.quick else 8
     sets = {"handwritten corpus": blocks(corpus_stories, tok, 4, 128, n_eval),
             "template stories (seed 1000)": blocks(lambda: story_stream(1000), tok, 4, 128, n_eval)}
     metrics = {name: LZ.evaluate_lens(cfg, params, b) for name, b in sets.items()}

@@ -34,7 +34,7 @@ MODELS = Path(os.environ.get("INTERPJAX_MODELS", HERE.parents[2] / "shared" / "m
 DEFAULT_MODEL = MODELS / "llama2c-stories260k"
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play with her red ball. One day, she"
 
-QUICK = dict(steps=40, batch=8, seq=128, lr=1e-2, eval_blocks=2)
+QUICK = dict(steps=40, batch=8, seq=128, lr=1e-2, eval_blocks=1)
 FULL = dict(steps=300, batch=16, seq=128, lr=3e-3, eval_blocks=8)
 
 
@@ -151,8 +151,10 @@ def main(argv=None):
     rows = [str(l) for l in range(L)] + ["out"]
     LZ.plot_trajectory(LZ.tuned_lens(lens, cfg, params, tokens)[:, 0], out / "trajectory_tuned.png", labels,
                        lambda i: token_label(tok, i), row_labels=rows, title="tuned lens (colour: top-token probability)")
-    LZ.plot_trajectory(LZ.logit_lens(cfg, params, tokens)[:, 0], out / "trajectory_logit.png", labels,
-                       lambda i: token_label(tok, i), row_labels=rows, title="logit lens (colour: top-token probability)")
+    if not args.quick:
+        LZ.plot_trajectory(LZ.logit_lens(cfg, params, tokens)[:, 0], out / "trajectory_logit.png", labels,
+                           lambda i: token_label(tok, i), row_labels=rows,
+                           title="logit lens (colour: top-token probability)")
 
     log = [json.loads(x) for x in trainer.log_path.read_text().splitlines() if x]
     res = {"model": Path(args.model).name, "mode": mode, "hyper": hp, "train_tokens": hp["steps"] * hp["batch"] * hp["seq"],
