@@ -220,6 +220,8 @@ def _validate_request(cfg, sites, layers, dtype, batch_size, chunk_examples):
             raise ValueError(f"layers {bad} out of range: valid layers are 0..{cfg.n_layers - 1}")
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers {layers} contain duplicates")
+        if not layers and any(s in LAYER_SITES for s in sites):
+            raise ValueError(f"layers is empty; pick layers from 0..{cfg.n_layers - 1} (or None for all)")
     if not any(s in LAYER_SITES for s in sites):
         layers = []
     if dtype not in DTYPES:

@@ -151,6 +151,7 @@ def test_bad_requests_raise_before_compute(gpt2, seqs, tmp_path):
         (dict(sites=["resid"]), "unknown or uncollectable site 'resid'; valid sites: embed, resid_pre"),
         (dict(sites=["pattern"]), "attention sites"),
         (dict(sites=["resid_post"], layers=[3]), r"layers \[3\] out of range: valid layers are 0..2"),
+        (dict(sites=["resid_post"], layers=[]), "layers is empty"),
         (dict(sites=["resid_post"], positions="first"), "unknown positions rule 'first'"),
         (dict(sites=["resid_post"], positions=np.zeros(5, int)), "with N=13 examples"),
         (dict(sites=["resid_post"], positions=np.full(13, 3)), "out of range for example"),

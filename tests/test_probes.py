@@ -52,11 +52,12 @@ def test_ridge_recovers_planted_map_and_scores_zero_on_shuffled(data):
     assert one.squeeze and P.predict(one, X[te]).shape == (len(te),)
 
 
-def test_ridge_cv_and_solution_match_numpy_reference(data):
+@pytest.mark.parametrize("n,d", [(80, 20), (40, 60)])  # primal (Gram) and dual (kernel) forms
+def test_ridge_cv_and_solution_match_numpy_reference(n, d):
     """The vmapped eigendecomposition CV equals a plain numpy loop over folds x alphas."""
     rng = np.random.default_rng(5)
-    X = rng.normal(size=(80, 20)).astype(np.float32)  # few examples: strong ridge wins
-    y = (X @ rng.normal(size=20) + 2.0 * rng.normal(size=80)).astype(np.float32)
+    X = rng.normal(size=(n, d)).astype(np.float32)  # few examples: a strong ridge wins
+    y = (X @ rng.normal(size=d) + 2.0 * rng.normal(size=n)).astype(np.float32)
     alphas = np.logspace(-2, 3, 6)
     probe = P.fit_ridge(X, y, alphas=alphas, folds=4, seed=7)
 
@@ -66,13 +67,13 @@ def test_ridge_cv_and_solution_match_numpy_reference(data):
         return w, my - mx @ w
 
     X64, y64 = X.astype(np.float64), y.astype(np.float64)
-    fold = np.random.default_rng(7).permutation(80) % 4
+    fold = np.random.default_rng(7).permutation(n) % 4
     cv = np.zeros(len(alphas))
     for f in range(4):
         tr, te = fold != f, fold == f
         for i, a in enumerate(alphas):
             w, b = solve(X64[tr], y64[tr], a)
-            cv[i] += np.sum((X64[te] @ w + b - y64[te]) ** 2) / 80
+            cv[i] += np.sum((X64[te] @ w + b - y64[te]) ** 2) / n
     np.testing.assert_allclose(np.asarray(probe.cv_mse), cv, rtol=1e-4)
     best = alphas[cv <= cv.min() * (1 + P.CV_RTOL)].max()
     assert float(probe.alpha) == pytest.approx(best, rel=1e-6) and best not in (alphas[0], alphas[-1])
