@@ -138,11 +138,16 @@ def _atomic_write(path: Path, text: str):
 
 class Trainer:
     """Runs ``train step`` over ``batch_fn(step)`` with periodic orbax checkpoints in ``workdir``;
-    a new Trainer on the same workdir resumes from the latest checkpoint and loses no steps."""
+    a new Trainer on the same workdir resumes from the latest checkpoint and loses no steps.
+    ``keep_checkpoints``: how many recent checkpoints to keep on disk (None keeps every one, e.g.
+    to analyse a model across training)."""
 
     def __init__(self, cfg: Config, tc: TrainConfig, workdir, params=None,
-                 eval_fn: Callable | None = None, eval_every: int = 0):
+                 eval_fn: Callable | None = None, eval_every: int = 0, keep_checkpoints: int | None = 2):
         import orbax.checkpoint as ocp
+
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1 or None (keep all), got {keep_checkpoints}")
 
         self.cfg, self.tc, self.eval_fn, self.eval_every = cfg, tc, eval_fn, eval_every
         self.workdir = Path(workdir)
@@ -164,7 +169,7 @@ class Trainer:
         self.opt_state = jax.device_put(self.opt.init(self.params), self.replicated)
         self.step = 0
         self.ckpt = ocp.CheckpointManager(self.workdir.resolve() / "ckpt",
-                                          options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+                                          options=ocp.CheckpointManagerOptions(max_to_keep=keep_checkpoints, create=True))
         latest = self.ckpt.latest_step()
         if latest is not None:
             state = {"params": self.params, "opt_state": self.opt_state}
@@ -181,6 +186,21 @@ class Trainer:
         if self.log_path.exists():
             keep = [l for l in self.log_path.read_text().splitlines() if l and json.loads(l)["step"] <= upto]
             _atomic_write(self.log_path, "".join(k + "\n" for k in keep))
+
+    def restore(self, step: int) -> dict:
+        """The params saved at checkpoint ``step`` (see ``all_steps()``), without changing the trainer."""
+        import orbax.checkpoint as ocp
+
+        steps = self.all_steps()
+        if step not in steps:
+            raise ValueError(f"no checkpoint at step {step}; saved steps: {steps}")
+        state = {"params": self.params, "opt_state": self.opt_state}
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        return self.ckpt.restore(step, args=ocp.args.StandardRestore(abstract))["params"]
+
+    def all_steps(self) -> list[int]:
+        """Steps of the checkpoints kept on disk, ascending."""
+        return sorted(self.ckpt.all_steps())
 
     def save(self):
         import orbax.checkpoint as ocp

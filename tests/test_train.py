@@ -136,3 +136,22 @@ print(json.dumps({"n": len(jax.devices())}))
     l8 = [json.loads(l)["loss"] for l in (tmp_path / "d8" / "metrics.jsonl").read_text().splitlines()]
     l1 = [json.loads(l)["loss"] for l in (tmp_path / "d1" / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
+
+
+def test_keep_all_checkpoints_and_restore(tmp_path):
+    """keep_checkpoints=None keeps every checkpoint; restore(step) gives exactly that step's params."""
+    tc = TrainConfig(lr=3e-3, log_every=1, ckpt_every=100)
+    t = Trainer(CFG, tc, tmp_path / "k", keep_checkpoints=None)
+    snaps = {}
+    for stop in (2, 4, 6):
+        t.train(batch_fn, stop, progress=False)  # train() checkpoints at its last step
+        snaps[stop] = jax.tree.map(np.asarray, t.params)
+    assert t.all_steps() == [2, 4, 6]
+    for step, ref in snaps.items():
+        got = t.restore(step)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_array_equal(np.asarray(a), b)
+    with pytest.raises(ValueError, match="no checkpoint at step 3"):
+        t.restore(3)
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        Trainer(CFG, tc, tmp_path / "bad", keep_checkpoints=0)

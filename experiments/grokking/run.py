@@ -6,6 +6,9 @@ grokked model on a smaller subset until test accuracy collapses).
 
     python experiments/grokking/run.py --quick          # CI smoke run (seconds)
     python experiments/grokking/run.py                  # full mode (see README for time)
+
+Results (results.json, curves.png, sweep.png, ungrok.png) go to ``--out``/{quick,full}; the
+Trainer checkpoints and metrics.jsonl files to ``--workdir``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -105,45 +109,92 @@ def plot_curves(rows, path: Path, title: str):
     plt.close(fig)
 
 
+def plot_sweep(sweep, path: Path, p: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fr = [s["frac"] for s in sweep]
+    ax.plot(fr, [s["final_train_acc"] for s in sweep], "o-", label="train")
+    ax.plot(fr, [s["final_test_acc"] for s in sweep], "o-", label="test")
+    ax.set_xlabel("training fraction of all p^2 pairs"), ax.set_ylabel("final accuracy")
+    ax.set_title(f"dataset-size sweep (p={p})"), ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--p", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--out", default="runs/grokking")
+    ap.add_argument("--steps", type=int, default=None, help="steps of the main run")
+    ap.add_argument("--sweep-steps", type=int, default=None)
+    ap.add_argument("--d-model", type=int, default=None)
+    ap.add_argument("--frac", type=float, default=None, help="training fraction of the main run")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--wd", type=float, default=1.0)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--workdir", default=None,
+                    help="checkpoints + metrics.jsonl (default: <repo>/runs/grokking, or <out>/work with --out)")
+    ap.add_argument("--resume", action="store_true", help="resume runs found in --workdir instead of starting fresh")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     q = args.quick
     p = args.p or (23 if q else 97)
-    steps = args.steps or (300 if q else 12000)
-    d_model = 32 if q else 128
-    lr, wd = (3e-3, 1.0) if q else (1e-3, 1.0)
-    log_every = 25 if q else 100
-    out = Path(args.out) / ("quick" if q else "full")
+    if not 2 <= p:
+        raise ValueError(f"--p must be >= 2, got {p}")
+    steps = args.steps or (300 if q else 1000)
+    sweep_steps = args.sweep_steps or (150 if q else steps)
+    d_model = args.d_model or (32 if q else 64)
+    lr = args.lr or 3e-3
+    frac = args.frac or (0.5 if q else 0.3)
+    log_every = 25 if q else 50
+    mode = "quick" if q else "full"
+    out = Path(args.out) / mode
     out.mkdir(parents=True, exist_ok=True)
+    default_out = Path(args.out).resolve() == (Path(__file__).resolve().parent / "results")
+    work = Path(args.workdir) if args.workdir else (
+        Path(__file__).resolve().parents[2] / "runs" / "grokking" if default_out else Path(args.out) / "work") / mode
+    if work.exists() and not args.resume:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    main_run = run(out, p, 0.3 if not q else 0.5, steps, args.seed, d_model, lr, wd, log_every, tag="_main")
+    main_run = run(work, p, frac, steps, args.seed, d_model, lr, args.wd, log_every, tag="_main")
     rows = main_run["rows"]
-    summary = {"p": p, "steps": steps, "d_model": d_model, "train_frac": 0.3 if not q else 0.5,
+    summary = {"p": p, "steps": steps, "sweep_steps": sweep_steps, "d_model": d_model, "lr": lr,
+               "weight_decay": args.wd, "train_frac": frac, "n_train": main_run["n_train"],
                "final": rows[-1], "grok_step": grok_step(rows),
-               "memorised_step": next((r["step"] for r in rows if r["acc"] >= 0.99), None)}
-    plot_curves(rows, out / "curves.png", f"modular addition p={p}: train vs test")
+               "memorised_step": next((r["step"] for r in rows if r["acc"] >= 0.99), None),
+               "max_param_norm": max(r["param_norm"] for r in rows),
+               "seconds_main": round(time.perf_counter() - t0, 1)}
+    plot_curves(rows, out / "curves.png", f"modular addition p={p}, {frac:.0%} of pairs: train vs test")
 
     sweep = []
-    fracs = [0.2, 0.3] if q else [0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
-    for frac in fracs:
-        r = run(out, p, frac, steps if not q else 150, args.seed, d_model, lr, wd, log_every, tag=f"_frac{frac}")
-        sweep.append({"frac": frac, "n_train": r["n_train"], "final_test_acc": r["rows"][-1]["eval_acc"],
-                      "final_train_acc": r["rows"][-1]["acc"], "grok_step": grok_step(r["rows"])})
+    fracs = [0.2, 0.3] if q else [0.2, 0.25, 0.3, 0.4]
+    for f in fracs:
+        if f == frac and sweep_steps == steps:
+            rr = rows  # the main run is this sweep point
+        else:
+            rr = run(work, p, f, sweep_steps, args.seed, d_model, lr, args.wd, log_every, tag=f"_frac{f}")["rows"]
+        sweep.append({"frac": f, "n_train": int(f * p * p), "final_test_acc": rr[-1]["eval_acc"],
+                      "final_train_acc": rr[-1]["acc"], "grok_step": grok_step(rr)})
     summary["size_sweep"] = sweep
+    plot_sweep(sweep, out / "sweep.png", p)
 
     # ungrokking: continue the grokked model on a much smaller subset of its training pairs
+    t1 = time.perf_counter()
     small = main_run["train_idx"][: max(len(main_run["train_idx"]) // 4, 1)]
-    ung = run(out, p, 0.0, steps // 2 if not q else 150, args.seed, d_model, lr, wd, log_every,
+    ung = run(work, p, 0.0, steps // 2 if not q else 150, args.seed, d_model, lr, args.wd, log_every,
               params=main_run["params"], train_idx=small, tag="_ungrok")
-    summary["ungrok"] = {"n_train": len(small), "start_test_acc": rows[-1]["eval_acc"],
-                         "end_test_acc": ung["rows"][-1]["eval_acc"], "end_train_acc": ung["rows"][-1]["acc"]}
+    summary["ungrok"] = {"n_train": len(small), "frac": len(small) / p**2, "start_test_acc": rows[-1]["eval_acc"],
+                         "end_test_acc": ung["rows"][-1]["eval_acc"], "end_train_acc": ung["rows"][-1]["acc"],
+                         "steps": ung["rows"][-1]["step"], "seconds": round(time.perf_counter() - t1, 1)}
     plot_curves(ung["rows"], out / "ungrok.png", f"ungrokking: continue on {len(small)} pairs")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     tmp = out / "results.json.tmp"
