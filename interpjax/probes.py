@@ -366,7 +366,8 @@ def _mlp_layer(X_ND, T_N, classification, n_out, hidden, steps, lr, weight_decay
         ym, ys = 0.0, 1.0
         T = T_N
     else:
-        ym, ys = T_N.mean(0), T_N.std(0) + 1e-12
+        ym, sd = T_N.mean(0), T_N.std(0)
+        ys = jnp.where(sd > 0, sd, 1.0)  # a constant target stays constant (weights ~ 0)
         T = (T_N - ym) / ys
 
     def out(p, x):
@@ -464,9 +465,10 @@ def predict(probe: Probe, X):
     return out
 
 
-def score(probe: Probe, X, y):
+def score(probe: Probe, X, y, per_target: bool = False):
     """Held-out quality per layer ([L] or scalar): R^2 (1 - SSE/SST, averaged over outputs) for
-    regression, accuracy (averaged over the S targets) for classification."""
+    regression, accuracy (averaged over the S targets) for classification. ``per_target=True``
+    keeps the output / target axis instead: [.., K] or [.., S]."""
     X = _check_probe_X(probe, X)
     n = X.shape[-2]
     if probe.task == "regression":
@@ -478,12 +480,13 @@ def score(probe: Probe, X, y):
         sst = jnp.sum(jnp.square(Y - Y.mean(0)), axis=-2)
         if bool((sst == 0).any()):
             raise ValueError("y is constant over the examples for some output: R^2 is undefined")
-        return jnp.mean(1.0 - sse / sst, axis=-1)
+        r2 = 1.0 - sse / sst
+        return r2 if per_target else jnp.mean(r2, axis=-1)
     labels, squeeze = _check_labels(y, n, probe.n_classes)
     if labels.shape[1] != probe.n_targets:
         raise ValueError(f"labels have {labels.shape[1]} targets; the probe predicts {probe.n_targets}")
-    pred = jnp.argmax(_raw_predict(probe, X), axis=-1)
-    return jnp.mean(pred == labels, axis=(-2, -1))
+    acc = jnp.mean(jnp.argmax(_raw_predict(probe, X), axis=-1) == labels, axis=-2)
+    return acc if per_target else jnp.mean(acc, axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------

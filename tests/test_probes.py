@@ -43,7 +43,10 @@ def test_ridge_recovers_planted_map_and_scores_zero_on_shuffled(data):
     probe = P.fit_ridge(X[tr], y[tr])
     assert probe.kind == "ridge" and probe.n_targets == 3 and probe.d_in == D and probe.n_layers is None
     assert float(P.score(probe, X[te], y[te])) > 0.99
-    assert P.predict(probe, X[te]).shape == (len(te), 3)
+    pred = np.asarray(P.predict(probe, X[te]), np.float64)
+    assert pred.shape == (len(te), 3)
+    want = 1 - ((pred - y[te]) ** 2).sum(0) / ((y[te] - y[te].mean(0)) ** 2).sum(0)
+    np.testing.assert_allclose(np.asarray(P.score(probe, X[te], y[te], per_target=True)), want, atol=1e-5)
     ys = P.shuffled_control(y, seed=0)
     assert sorted(map(tuple, ys.tolist())) == sorted(map(tuple, y.tolist()))
     control = P.fit_ridge(X[tr], ys[tr])
@@ -155,6 +158,9 @@ def test_multi_target_multiclass_logistic_and_class_directions(data):
     assert probe.params["w"].shape == (D, 4, 3) and probe.n_targets == 4
     assert P.predict(probe, X[te]).shape == (len(te), 4, 3)
     assert float(P.score(probe, X[te], labels[te])) > 0.9
+    per = np.asarray(P.score(probe, X[te], labels[te], per_target=True))
+    want = (np.asarray(P.predict(probe, X[te])).argmax(-1) == labels[te]).mean(0)
+    assert per.shape == (4,) and np.allclose(per, want) and np.isclose(per.mean(), float(P.score(probe, X[te], labels[te])))
     # class 2 of target 1 versus the mean of its classes
     want = unit(dirs[1, 2] - dirs[1].mean(0))
     assert float(np.dot(P.probe_direction(probe, output=1, cls=2), want)) > 0.95
