@@ -42,12 +42,12 @@ def heatmap(values_RC, path, row_labels, col_labels, annotations_RC=None, title:
     ax.set_xticks(range(C), [str(c) for c in col_labels], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(R), [str(r) for r in row_labels], fontsize=8)
     if annotations_RC is not None:
-        lo, hi = im.get_clim()
-        mid = (lo + hi) / 2
+        rgba = im.cmap(im.norm(values))  # text colour by the cell's luminance, for any colormap
+        light = rgba[..., :3] @ np.array([0.299, 0.587, 0.114]) > 0.5
         for r in range(R):
             for c in range(C):
                 ax.text(c, r, str(annotations_RC[r][c]), ha="center", va="center", fontsize=6.5,
-                        color="black" if values[r, c] > mid else "white")
+                        color="black" if light[r, c] else "white")
     fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.03, pad=0.02)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
