@@ -52,7 +52,8 @@ def _write_json(obj, path: Path) -> None:
 
 
 def _as_token_lists(model, data) -> tuple[list[np.ndarray], str]:
-    """The examples as a list of 1-D int32 arrays of real tokens, and the input kind."""
+    """The examples as a list of 1-D int32 arrays of real tokens, and the input kind: texts, 1-D token
+    sequences, a [N, T] int array, a (tokens, attention_mask) pair, or a list of such pairs."""
     if isinstance(data, str):
         raise ValueError("pass a list of texts, not one string")
     if isinstance(data, tuple) and len(data) == 2 and all(np.ndim(a) == 2 for a in data):
@@ -68,8 +69,18 @@ def _as_token_lists(model, data) -> tuple[list[np.ndarray], str]:
         if not data:
             raise ValueError("no examples to collect")
         if all(isinstance(t, str) for t in data):
-            ids, mask = model.to_tokens(data)  # validates texts, needs a tokenizer
-            tokens, kind = ids, "texts"
+            if getattr(model, "tokenizer", None) is None:
+                raise ValueError(f"model {getattr(model, 'name', '')!r} has no tokenizer; pass token ids instead")
+            out = []
+            for i in range(0, len(data), 1024):  # pad per slice, not to the longest text overall
+                ids, mask = model.to_tokens(data[i:i + 1024])  # validates the texts
+                out += [ids[r][mask[r] > 0].astype(np.int32) for r in range(ids.shape[0])]
+            return out, "texts"
+        elif all(isinstance(t, tuple) and len(t) == 2 and all(np.ndim(a) == 2 for a in t) for t in data):
+            seqs = []
+            for batch in data:  # a list of (tokens [B, T], attention_mask [B, T]) batches
+                seqs += _as_token_lists(model, batch)[0]
+            return seqs, "token batches"
         elif all(np.ndim(t) == 1 for t in data):
             seqs = [np.asarray(t) for t in data]
             for s in seqs:
@@ -283,7 +294,7 @@ def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch
     chunked safetensors files under ``out_dir``; resumes an interrupted identical collection.
 
     ``data``: a list of texts (tokenized with ``model.to_tokens``), a list of 1-D token sequences, a
-    [N, T] int array, or a (tokens, attention_mask) pair. ``positions``: "last" (last real token),
+    [N, T] int array, a (tokens, attention_mask) pair, or a list of such pairs (token batches). ``positions``: "last" (last real token),
     "all" (every real token), an int array [N] / [N, P] of indices into each example's own tokens
     (negatives from its end), or a callable (tokens [B, T], mask [B, T]) -> [B] / [B, P] indices
     into the left-padded batch it is given. ``meta``: {name: array [N, ...]} stored per row.

@@ -211,3 +211,8 @@ def test_texts_padded_arrays_and_bfloat16(gpt2, tmp_path):
     same = collect(model, (tokens, mask), sites=["resid_post"], layers=[1], out_dir=tmp_path / "p", batch_size=2,
                    dtype="bfloat16")
     assert np.array_equal(same.load("resid_post"), ds.load("resid_post"))
+    batches = [(tokens[:3], mask[:3]), (tokens[3:], mask[3:])]  # a list of token batches
+    again = collect(model, batches, sites=["resid_post"], layers=[1], out_dir=tmp_path / "b", batch_size=2,
+                    dtype="bfloat16")
+    assert again.manifest["input_kind"] == "token batches"
+    assert np.array_equal(again.load("resid_post"), ds.load("resid_post"))
