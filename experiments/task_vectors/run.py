@@ -1,0 +1,176 @@
+"""ICL task vectors (Hendel et al. 2023) and function vectors (Merullo et al. 2023) on a decoder
+trained here to learn tasks in context.
+
+A small decoder is trained from scratch on the ICL world (``BOS x1 -> y1 ; ... xq -> yq`` with
+one task per sequence: copy, +1, -1, +5 and random permutations of 32 items), so it must infer the
+task from the demonstrations. Then:
+
+- task vectors: the last-position ``resid_pre`` at layer L averaged over ICL prompts of a task,
+  patched into zero-shot prompts ``BOS xq ->`` at the same layer and position; accuracy per layer
+  (one vmapped sweep), and the regular / baseline / task-vector table at the best layer (chosen on
+  a dev split, reported on a test split); a PCA plot of per-prompt task vectors coloured by task;
+  the top tokens of each task vector through the unembedding;
+- function vectors: the MLP output o_L at the last position of ICL prompts, *added* into zero-shot
+  prompts at layer L; accuracy per layer;
+- layer truncation: accuracy of ICL prompts when the last k layers are dropped, for the
+  extractive task (copy: the answer is in the prompt) vs the abstractive ones.
+
+    python experiments/task_vectors/run.py --quick      # CI smoke run
+    python experiments/task_vectors/run.py              # full mode (README numbers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interpjax import Config
+from interpjax import task_vectors as tv
+from interpjax.train import TrainConfig, init_params, make_optimizer, make_train_step
+from interpjax.worlds import icl
+
+QUICK = dict(n_items=16, n_perms=1, layers=3, d_model=64, steps=800, batch=64, demos=3, n_eval=48)
+FULL = dict(n_items=32, n_perms=3, layers=6, d_model=128, steps=4000, batch=128, demos=4, n_eval=200)
+
+
+def train(tasks, size, seed=0):
+    """Train the ICL model in memory; returns (cfg, params)."""
+    D = size["d_model"]
+    cfg = Config(vocab_size=icl.vocab_size(size["n_items"]), d_model=D, n_layers=size["layers"], n_heads=4,
+                 d_head=D // 4, d_mlp=4 * D, n_ctx=4 * size["demos"] + 8, positions="rotary", rotary_dim=D // 4,
+                 norm="layernorm",
+                 activation="gelu")
+    tc = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine", total_steps=size["steps"])
+    params = init_params(cfg, jax.random.PRNGKey(seed))
+    opt = make_optimizer(tc)
+    state = opt.init(params)
+    step = make_train_step(cfg, tc, opt)
+    rng = np.random.default_rng(seed)
+    for _ in range(size["steps"]):
+        seq, loss_mask = icl.training_batch(tasks, size["batch"], size["demos"], rng)
+        params, state, _ = step(params, state, jnp.asarray(seq), jnp.asarray(loss_mask))
+    return cfg, params
+
+
+def evaluate_task(cfg, params, task, size, rng):
+    """Every measurement for one task; dev/test splits of the zero-shot queries."""
+    n, k = size["n_eval"], size["demos"]
+    icl_tok, icl_ans, _ = icl.icl_prompts(task, k, n, rng)
+    src_tok, _, _ = icl.icl_prompts(task, k, n, rng)  # prompts the vectors are built from
+    zs_tok, zs_ans, _ = icl.icl_prompts(task, 0, n, rng)
+    vectors = tv.task_vectors(cfg, params, src_tok)  # [L, D]
+    half = n // 2
+    dev = tv.patch_accuracy(cfg, params, zs_tok[:half], zs_ans[:half], vectors)
+    test = tv.patch_accuracy(cfg, params, zs_tok[half:], zs_ans[half:], vectors)
+    best = int(np.argmax(dev))
+    fv = tv.add_accuracy(cfg, params, zs_tok, zs_ans, tv.function_vectors(cfg, params, src_tok))
+    ids, _ = tv.top_tokens(cfg, params, vectors[best], k=5)
+    return {
+        "kind": task.kind,
+        "regular": tv.accuracy(cfg, params, icl_tok[half:], icl_ans[half:]),
+        "baseline": tv.accuracy(cfg, params, zs_tok[half:], zs_ans[half:]),
+        "task_vector": float(test[best]),
+        "best_layer": best,
+        "task_vector_by_layer": test.tolist(),
+        "function_vector_by_layer": fv.tolist(),
+        "truncated_by_k": tv.truncated_accuracy(cfg, params, icl_tok, icl_ans).tolist(),
+        "top_tokens": [int(i) for i in ids],
+    }
+
+
+def per_prompt_vectors(cfg, params, tasks, size, layer, rng, n=40):
+    """Task vectors of single ICL prompts at ``layer`` (for the PCA plot): [tasks * n, D]."""
+    rows, labels = [], []
+    for i, task in enumerate(tasks):
+        tok, _, _ = icl.icl_prompts(task, size["demos"], n, rng)
+        rows.append(tv.last_position_states(cfg, params, tok)[layer])
+        labels += [i] * n
+    return np.concatenate(rows), np.asarray(labels)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    out = args.out / ("quick" if args.quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tasks = icl.make_tasks(size["n_items"], size["n_perms"], seed=args.seed)
+    cfg, params = train(tasks, size, args.seed)
+    train_s = time.time() - t0
+    rng = np.random.default_rng(args.seed + 1)
+    per_task = {t.name: evaluate_task(cfg, params, t, size, rng) for t in tasks}
+    layers = [r["best_layer"] for r in per_task.values()]
+    pca_layer = int(np.bincount(layers).argmax())
+    X, labels = per_prompt_vectors(cfg, params, tasks, size, pca_layer, rng)
+    result = {"size": size, "train_seconds": train_s, "tasks": per_task, "pca_layer": pca_layer,
+              "mean": {key: float(np.mean([r[key] for r in per_task.values()]))
+                       for key in ("regular", "baseline", "task_vector")}}
+    result["total_seconds"] = time.time() - t0
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out / "results.json")
+    plot(result, tasks, X, labels, out)
+    print(f"trained in {train_s:.0f}s")
+    print(f"{'task':8s} {'kind':11s} regular baseline task-vector (layer)")
+    for name, r in per_task.items():
+        print(f"{name:8s} {r['kind']:11s} {r['regular']:7.2f} {r['baseline']:8.2f} {r['task_vector']:11.2f} ({r['best_layer']})")
+    m = result["mean"]
+    print(f"{'mean':20s} {m['regular']:7.2f} {m['baseline']:8.2f} {m['task_vector']:11.2f}")
+    return result
+
+
+def _save(fig, path):
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def plot(result, tasks, X, labels, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for name, r in result["tasks"].items():
+        axes[0].plot(r["task_vector_by_layer"], marker="o", label=name)
+        axes[1].plot(r["function_vector_by_layer"], marker="o", label=name)
+    axes[0].set(title="task vector patched into zero-shot (resid_pre)", xlabel="layer", ylabel="accuracy")
+    axes[1].set(title="MLP output o_L added into zero-shot", xlabel="layer")
+    extractive = [r["truncated_by_k"] for r in result["tasks"].values() if r["kind"] == "extractive"]
+    abstractive = [r["truncated_by_k"] for r in result["tasks"].values() if r["kind"] == "abstractive"]
+    axes[2].plot(np.mean(extractive, 0), marker="o", label="extractive (copy)")
+    axes[2].plot(np.mean(abstractive, 0), marker="o", label="abstractive")
+    axes[2].set(title="ICL accuracy with the last k layers dropped", xlabel="k", ylabel="accuracy")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out / "task_vectors.png")
+    plt.close(fig)
+    Xc = X - X.mean(0)
+    _, _, vt = np.linalg.svd(Xc, full_matrices=False)
+    Z = Xc @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for i, task in enumerate(tasks):
+        ax.scatter(*Z[labels == i].T, s=10, label=task.name)
+    ax.set(title=f"PCA of per-prompt task vectors (layer {result['pca_layer']})", xlabel="PC1", ylabel="PC2")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out / "pca.png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
