@@ -71,9 +71,7 @@ def decode(cfg: Config, params: dict, resid_xD):
         raise ValueError(f"residual has width {resid_xD.shape[-1]}; the model's d_model is {cfg.d_model}")
 
     def head(x_BTD):
-        if hasattr(M, "final_logits"):  # models without a final norm (encoders) skip it there
-            return M.final_logits(cfg, params, x_BTD)
-        return M.unembed(cfg, params, M.norm(cfg, params["final_norm"], x_BTD))
+        return M.final_logits(cfg, params, x_BTD)
 
     shape = resid_xD.shape
     if resid_xD.ndim <= 3:
@@ -503,6 +501,9 @@ def _eval_batch(arrays, cfg, params, tokens_BT):
 def evaluate_lens(cfg: Config, params: dict, batches: Iterable, lens: TunedLens | None = None) -> dict:
     """Per lens row: perplexity of the actual next token and mean KL(final || lens), plus the
     prediction-depth histogram; ``lens=None`` is the logit lens. ``batches``: token arrays [B, T]."""
+    if not cfg.causal:
+        raise ValueError("evaluate_lens measures next-token perplexity, which needs a causal decoder; "
+                         f"this {cfg.family!r} model has bidirectional attention (cfg.causal=False)")
     if lens is not None:
         check_lens(lens, cfg, params)
     arrays = lens.arrays() if lens is not None else None

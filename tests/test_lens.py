@@ -205,6 +205,10 @@ def test_bad_inputs_raise_before_compute(tiny_model, tmp_path):
         LZ.plot_trajectory(jnp.zeros((3, 4, 5)), tmp_path / "x.png", ["a", "b"], str)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         LZ.logit_lens(m.cfg, m.params, np.full((1, 3), m.cfg.vocab_size, np.int32))
+    import dataclasses
+
+    with pytest.raises(ValueError, match="needs a causal decoder"):
+        LZ.evaluate_lens(dataclasses.replace(m.cfg, causal=False), m.params, [_tokens(m.cfg)])
     trainer = LZ.TunedLensTrainer(m.cfg, m.params, _tc(2), tmp_path / "t")
     with pytest.raises(ValueError, match="exceeds n_ctx"):
         trainer.train(lambda s: np.zeros((1, m.cfg.n_ctx + 1), np.int32), 2, progress=False)
