@@ -93,7 +93,7 @@ def _as_token_lists(model, data) -> tuple[list[np.ndarray], str]:
             return out, "token lists"
         else:
             raise ValueError("data must be a list of texts, a list of 1-D token sequences, a [N, T] int array, "
-                             "or a (tokens [N, T], attention_mask [N, T]) tuple")
+                             "a (tokens [N, T], attention_mask [N, T]) tuple, or a list of such tuples")
     if not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be integer ids; got dtype {tokens.dtype}")
     if tokens.shape[0] == 0:
