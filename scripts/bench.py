@@ -17,51 +17,23 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
 import os
 import platform
-import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    available_cores, cpu_model, load_average, print_table, summarize, write_json_atomic)
+import bench_common as bcm  # noqa: E402
+
 # ---------------------------------------------------------------------------------------------
 # shared helpers
-
-
-def cpu_model() -> str:
-    """'model name' from /proc/cpuinfo, with family/model/stepping (virtual machines often show a bare
-    'AMD EPYC'; family 26 is Zen 5, 25 Zen 3/4, 6 Intel)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break  # first processor only
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or "unknown"
-    ids = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
-    return f"{name} ({', '.join(ids)})" if ids else name
-
-
-def load_average() -> list:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return []
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def thread_names() -> Counter:
@@ -115,41 +87,6 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
-
-
-def summarize(times: list) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "all_s": list(times)}
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to a temp file next to ``path`` then os.replace it, so readers never see half a file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def print_table(title: str, rows: list, headers: list) -> None:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    print(f"\n{title}")
-    print(line)
-    for k, r in enumerate(cells):
-        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |")
-        if k == 0:
-            print(line)
-    print(line)
 
 
 def print_machine(info: dict) -> None:
@@ -409,6 +346,384 @@ def cmd_forward(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# sweeps: the standard workloads W0-W3 (../shared/bench/WORKLOADS.md), interpjax vs the PyTorch peers
+
+PEER_LIBS = ("hf", "tl3", "tl4", "nnsight", "pyvene")
+PEER_LABELS = {"hf": "transformers hooks", "tl3": "TransformerLens 3.x", "tl4": "TransformerLens 4.x bridge",
+               "nnsight": "nnsight", "pyvene": "pyvene"}
+PEER_VENVS = {"hf": None, "tl3": "venv-tl3", "tl4": "venv-peers", "nnsight": "venv-peers", "pyvene": "venv-peers"}
+W3_SITES = ("resid_pre", "attn_out", "mlp_out")
+
+
+def peer_python(lib: str, args) -> str:
+    """The python of the lib's venv: --venv-LIB, $INTERPJAX_BENCH_VENV_LIB, else CACHE/<default venv>
+    (hf runs in this interpreter's venv, which has torch and transformers)."""
+    flag = getattr(args, f"venv_{lib}", None) or os.environ.get(f"INTERPJAX_BENCH_VENV_{lib.upper()}")
+    if flag:
+        return str(Path(flag) / "bin" / "python")
+    if PEER_VENVS[lib] is None:
+        return sys.executable
+    return str(Path(args.cache) / PEER_VENVS[lib] / "bin" / "python")
+
+
+def run_peer(lib: str, workload: str, args, out: Path) -> dict:
+    """Run bench_peers.py for one (lib, workload) in the lib's venv; returns its JSON, or
+    {"unavailable": reason} when the venv or the library is missing or the run fails."""
+    import json
+
+    py = peer_python(lib, args)
+    if not Path(py).exists():
+        return {"unavailable": f"no venv python at {py} (see docs/benchmarks.md to create it)"}
+    cmd = [py, str(Path(__file__).resolve().parent / "bench_peers.py"), "--lib", lib, "--workload", workload,
+           "--out", str(out), "--cache", str(args.cache), "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]
+    if args.bench_config:
+        cmd += ["--bench-config", args.bench_config]
+    if args.quick:
+        cmd.append("--quick")
+    if not args.per_variant:
+        cmd.append("--no-per-variant")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
+    print(f"  {lib} {workload}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+        return {"unavailable": f"exit {proc.returncode}: " + " | ".join(tail)}
+    with open(out) as f:
+        res = json.load(f)
+    res["subprocess_wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def matmul_peak(threads: int, repeats: int = 5) -> dict:
+    """The machine's fp32 matmul peak, measured now: the best FLOP/s of jnp.dot (XLA) and torch.mm
+    (threads set to ``threads``) over square sizes 1024..3072."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {"jax": 0.0, "torch": 0.0}
+    rng = np.random.default_rng(0)
+    for n in (1024, 2048, 3072):
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        dot = jax.jit(jnp.dot)
+        dot(ja, jb).block_until_ready()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dot(ja, jb).block_until_ready()
+            out["jax"] = max(out["jax"], 2 * n ** 3 / (time.perf_counter() - t0))
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            torch.mm(ta, tb)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                torch.mm(ta, tb)
+                out["torch"] = max(out["torch"], 2 * n ** 3 / (time.perf_counter() - t0))
+        except ImportError:
+            pass
+    out["peak_flops"] = max(out["jax"], out["torch"])
+    return out
+
+
+def load_interpjax_model(args):
+    """(cfg, params) of the benchmark weights, read by interpjax from the shared safetensors file."""
+    import jax
+    from interpjax.loading import load_params
+
+    wdir = Path(args.cache) / bcm.WEIGHTS_DIRNAME
+    if not (wdir / "model.safetensors").is_file():
+        raise SystemExit(f"no weights in {wdir}; run: python scripts/bench_peers.py --make-weights --cache {args.cache}")
+    cfg, params, _ = load_params(str(wdir))
+    return cfg, jax.block_until_ready(params)
+
+
+def sweep_grid(bc, quick: bool):
+    """(layers, coefs, positions) of the grids; --quick takes the same 2x2 corner as bench_peers.py."""
+    coefs, layers, positions = np.asarray(bc.COEFS, np.float32), list(bc.LAYERS), list(range(bc.T))
+    if quick:
+        coefs, layers, positions = coefs[:2], [0, bc.N_LAYERS - 1], [0, bc.T - 1]
+    return np.asarray(layers, np.int32), coefs, np.asarray(positions, np.int32)
+
+
+def interpjax_side(workload: str, cfg, params, bc, quick: bool = False) -> dict:
+    """The interpjax idioms of ``workload``: {name: (run, warm)}; ``run()`` returns the result arrays.
+
+    W1/W2 are plain ``jax.vmap`` over interpjax interventions (``Add`` / ``Patch`` with the layer as a
+    vmapped array) inside ``lax.map`` over layers, compiled once; the metric reads only the final
+    residual at the last position and the two unembedding rows it needs (the full-vocabulary logits
+    are dead code that XLA removes). This is the place to switch to ``interpjax.sweep`` once it lands.
+    W3 is ``run_with_cache`` under jit with the unused logits dropped.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import interpjax
+    from interpjax import Add, Patch
+
+    inp = bcm.workload_inputs(bc)
+    layers, coefs, positions = sweep_grid(bc, quick)
+    A, Bt = bc.TOKEN_A, bc.TOKEN_B
+
+    def metric_from_final(params, final_BTD):
+        """mean_b logits[b, -1, A] - logits[b, -1, B] from the final-norm residual (tied unembedding)."""
+        w_2D = params["embed"]["tok"][jnp.array([A, Bt])]
+        if not cfg.tie_embeddings:
+            raise ValueError("the benchmark model ties its unembedding")
+        logit_B2 = final_BTD[:, -1] @ w_2D.T
+        return jnp.mean(logit_B2[:, 0] - logit_B2[:, 1])
+
+    def final_under(params, tokens, iv):
+        _, cache = interpjax.run_with_cache(cfg, params, tokens, sites=["final"], interventions=iv)
+        return cache["final"]
+
+    if workload == "W0":
+        fns = {}
+        for T in (bc.T, bc.T_CACHE):
+            toks = jnp.asarray(bc.tokens(bc.B, T, bc.TOKEN_SEED))
+            fwd = jax.jit(functools.partial(interpjax.forward, cfg))
+            fns[f"forward B{bc.B} T{T}"] = (functools.partial(fwd, params, toks), None)
+        return fns
+
+    if workload == "W1":
+        clean, v = jnp.asarray(inp["clean"]), jnp.asarray(inp["steer"])
+
+        @jax.jit
+        def steer_grid(params, tokens, v_D, layers_L, coefs_C):
+            def one(layer, coeff):
+                iv = Add("resid_pre", layer=layer, vector=v_D, coeff=coeff)
+                return metric_from_final(params, final_under(params, tokens, iv))
+
+            return jax.lax.map(lambda l: jax.vmap(lambda c: one(l, c))(coefs_C), layers_L)  # [L, C]
+
+        args = (params, clean, v, jnp.asarray(layers), jnp.asarray(coefs))
+        return {"vmap(Add) over coefs, lax.map over layers": (lambda: steer_grid(*args), None)}
+
+    if workload == "W2":
+        clean, corrupted = jnp.asarray(inp["clean"]), jnp.asarray(inp["corrupted"])
+
+        @jax.jit
+        def patch_grid(params, clean_BT, corrupted_BT, layers_L, positions_P):
+            _, cc = interpjax.run_with_cache(cfg, params, clean_BT, sites=["resid_pre"])
+            clean_LBTD = cc["resid_pre"]
+
+            def one(layer, pos):
+                iv = Patch("resid_pre", layer=layer, value=clean_LBTD[layer], positions=pos[None])
+                return metric_from_final(params, final_under(params, corrupted_BT, iv))
+
+            return jax.lax.map(lambda l: jax.vmap(lambda p: one(l, p))(positions_P), layers_L)  # [L, P]
+
+        args = (params, clean, corrupted, jnp.asarray(layers), jnp.asarray(positions))
+        return {"vmap(Patch) over positions, lax.map over layers": (lambda: patch_grid(*args), None)}
+
+    if workload == "W3":
+        toks = jnp.asarray(inp["cache_tokens"])
+
+        @jax.jit
+        def cache_run(params, tokens):
+            _, cache = interpjax.run_with_cache(cfg, params, tokens, sites=list(W3_SITES))
+            return {s: cache[s] for s in W3_SITES}  # logits dropped: XLA removes the unembedding
+
+        return {"run_with_cache (jit, logits dropped)": (lambda: cache_run(params, toks), None)}
+    raise ValueError(f"unknown workload {workload!r}; valid: {bcm.WORKLOADS}")
+
+
+def fingerprint_np(acts: dict) -> dict:
+    """W3 agreement arrays (same as bench_peers.fingerprint): per (site, layer, b, t) L2 norms and the
+    vector at (b=0, t=-1); ``acts[site]`` is [L, B, T, D]."""
+    norms = np.stack([np.linalg.norm(np.asarray(acts[s], np.float64), axis=-1) for s in W3_SITES])
+    last = np.stack([np.asarray(acts[s], np.float64)[:, 0, -1] for s in W3_SITES])
+    return {"norms": norms, "last": last}
+
+
+def run_interpjax(workload: str, cfg, params, bc, args) -> dict:
+    """Time the interpjax idioms of one workload by the same protocol as the peers."""
+    import jax
+
+    res = {"lib": "interpjax", "workload": workload, "idioms": {}, "load_average_start": load_average()}
+    if workload != "W0":
+        seq = bc.T_CACHE if workload == "W3" else bc.T
+        toks = jax.numpy.asarray(bc.tokens(bc.B, seq, bc.TOKEN_SEED))
+        fwd = jax.jit(functools.partial(__import__("interpjax").forward, cfg))
+        fwd(params, toks).block_until_ready()
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fwd(params, toks).block_until_ready()
+            ts.append(time.perf_counter() - t0)
+        res["plain_forward"] = {**summarize(ts), "shape": [bc.B, seq]}
+    for name, (run, warm) in interpjax_side(workload, cfg, params, bc, args.quick).items():
+        print(f"  interpjax {workload}: {name} ...", flush=True)
+        reps = max(args.repeats, 5) if workload == "W0" else args.repeats
+        r = bcm.time_protocol(run, warm, repeats=reps, sync=jax.block_until_ready)
+        out = r.pop("result")
+        if workload == "W3":
+            r["result"] = fingerprint_np(out)
+        elif workload == "W0":
+            r["logits_last"] = np.asarray(out[:, -1, :8], np.float64)
+        else:
+            r["result"] = np.asarray(out, np.float64)
+        if "plain_forward" in res:
+            r["forward_equivalents"] = r["median_s"] / res["plain_forward"]["median_s"]
+        res["idioms"][name] = r
+    res["load_average_end"] = load_average()
+    return res
+
+
+def agreement(a, ref) -> float:
+    """max|a - ref| / max|ref| over every array of a result (W3: norms and last vectors)."""
+    if isinstance(ref, dict):
+        return max(bcm.rel_err(a[k], ref[k]) for k in ref)
+    return bcm.rel_err(a, ref)
+
+
+def result_key(r: dict):
+    return r.get("result", r.get("logits_last"))
+
+
+def cmd_sweeps(args) -> dict:
+    """Run W0-W3 for interpjax (in process) and every available peer (subprocess in its venv), check
+    agreement against the transformers-hooks arrays, and print the head-to-head table."""
+    import json
+
+    import jax
+
+    bc = bcm.load_bench_config(args.bench_config)
+    unknown = [w for w in args.workloads if w not in bcm.WORKLOADS]
+    bad_libs = [p for p in args.peers if p not in PEER_LIBS]
+    if unknown or bad_libs:
+        raise SystemExit(f"unknown workloads {unknown} / peers {bad_libs}; valid: {bcm.WORKLOADS} / {PEER_LIBS}")
+    if "hf" not in args.peers:
+        raise SystemExit("--peers must include hf: its arrays are the agreement reference")
+    info = machine_info()
+    results_dir = Path(args.results or Path(args.cache) / ("results-quick" if args.quick else "results"))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    print_machine(info)
+    print(f"load average at start: {load_average()}; threads: {args.threads}; results in {results_dir}")
+
+    # weights (built once, by the hf venv, which has torch + transformers)
+    wdir = Path(args.cache) / bcm.WEIGHTS_DIRNAME
+    if not (wdir / "model.safetensors").is_file():
+        subprocess.run([peer_python("hf", args), str(Path(__file__).resolve().parent / "bench_peers.py"),
+                        "--make-weights", "--cache", str(args.cache)], check=True)
+
+    peak0 = matmul_peak(args.threads)
+    print(f"fp32 matmul peak (start): jax {peak0['jax'] / 1e9:.1f} GFLOP/s, torch {peak0['torch'] / 1e9:.1f} GFLOP/s")
+
+    all_res = {}
+    cfg, params = load_interpjax_model(args)
+    for w in args.workloads:
+        all_res[w] = {}
+        ij_path = results_dir / f"interpjax_{w}.json"
+        if ij_path.is_file() and not args.rerun:
+            with open(ij_path) as f:
+                all_res[w]["interpjax"] = json.load(f)
+        else:
+            r = run_interpjax(w, cfg, params, bc, args)
+            write_json_atomic(ij_path, r)
+            all_res[w]["interpjax"] = json.loads(json.dumps(r, default=bcm._json_default))
+        for lib in args.peers:
+            out = results_dir / f"{lib}_{w}.json"
+            if out.is_file() and not args.rerun:
+                with open(out) as f:
+                    all_res[w][lib] = json.load(f)
+            else:
+                all_res[w][lib] = run_peer(lib, w, args, out)
+            if "unavailable" in all_res[w][lib]:
+                print(f"    {lib} {w} unavailable: {all_res[w][lib]['unavailable']}")
+    del params
+    jax.clear_caches()
+    peak1 = matmul_peak(args.threads)
+    peak = max(peak0["peak_flops"], peak1["peak_flops"])
+    print(f"fp32 matmul peak (end): jax {peak1['jax'] / 1e9:.1f} GFLOP/s, torch {peak1['torch'] / 1e9:.1f} GFLOP/s; "
+          f"using the best, {peak / 1e9:.1f} GFLOP/s")
+
+    table = summarize_sweeps(all_res, bc, peak, args)
+    return {"subcommand": "sweeps", "machine": info, "threads": args.threads, "repeats": args.repeats,
+            "quick": args.quick, "per_variant": args.per_variant, "matmul_peak": {"start": peak0, "end": peak1,
+            "used_flops": peak}, "load_average_end": load_average(), "rows": table, "raw": all_res}
+
+
+def summarize_sweeps(all_res: dict, bc, peak: float, args) -> list:
+    """Agreement, forward-pass equivalents, useful FLOP/s and ratios; prints one table per workload."""
+    rows = []
+    for w, libs in all_res.items():
+        ref_lib = libs.get("hf", {})
+        ref = None
+        for name, r in ref_lib.get("idioms", {}).items():
+            if "error" in r:
+                continue
+            ref = result_key(r)  # the first transformers idiom (per variant when run, else stacked)
+            ref_name = name
+            break
+        flops = None if args.quick else (bcm.useful_flops(bc, w) if w != "W0" else None)
+        entries = []
+        for lib, res in libs.items():
+            if "unavailable" in res:
+                entries.append({"workload": w, "lib": lib, "idiom": "-", "unavailable": res["unavailable"]})
+                continue
+            for name, r in res["idioms"].items():
+                if "error" in r:
+                    entries.append({"workload": w, "lib": lib, "idiom": name, "unavailable": r["error"]})
+                    continue
+                e = {"workload": w, "lib": lib, "idiom": name, "median_s": r["median_s"], "min_s": r["min_s"],
+                     "warmup_s": r["warmup_s"], "cpu_s_median": r.get("cpu_s_median"),
+                     "peak_rss_mib": r["peak_rss_increase_bytes"] / 2 ** 20,
+                     "forward_equivalents": r.get("forward_equivalents"), "cpu_share": r.get("cpu_share")}
+                r_ref = ref
+                if w == "W0":  # each forward shape against the transformers forward of the same shape
+                    same = [v for k, v in ref_lib.get("idioms", {}).items() if k.split()[-1] == name.split()[-1]]
+                    r_ref = result_key(same[0]) if same and "error" not in same[0] else None
+                if r_ref is not None and result_key(r) is not None:
+                    try:
+                        e["agreement"] = agreement(result_key(r), r_ref)
+                    except ValueError as err:
+                        e["agreement_error"] = str(err)
+                if w == "W0":
+                    T = int(name.split("T")[-1])
+                    e["useful_flops"] = bcm.useful_flops(bc, "W0", seq=T)
+                elif flops:
+                    e["useful_flops"] = flops
+                if e.get("useful_flops"):
+                    e["useful_frac_of_peak"] = e["useful_flops"] / r["median_s"] / peak
+                entries.append(e)
+        ij = [e for e in entries if e["lib"] == "interpjax"]
+        peers = [e for e in entries if e["lib"] != "interpjax" and "median_s" in e]
+        for e in entries:
+            if e["lib"] == "interpjax" and peers:
+                fastest = min(peers, key=lambda p: p["median_s"])
+                e["fastest_peer"] = f"{fastest['lib']}: {fastest['idiom']}"
+                e["speedup_vs_fastest_peer"] = fastest["median_s"] / e["median_s"]
+            elif "median_s" in e and ij:
+                e["interpjax_speedup"] = e["median_s"] / ij[0]["median_s"]
+        rows += entries
+
+        def fmt(x, f):
+            return "-" if x is None else format(x, f)
+
+        if w != "W0" and ref is not None:
+            print(f"\n{w}: agreement reference = transformers '{ref_name}'")
+        print_table(f"{w} ({'quick corner' if args.quick else 'full grid'}; {args.repeats} timed runs; "
+                    f"useful FLOP/s as a fraction of {peak / 1e9:.0f} GFLOP/s fp32 matmul peak)", [
+            [f"{PEER_LABELS.get(e['lib'], e['lib'])}: {e['idiom']}"] + (
+                [f"unavailable ({e['unavailable'][:60]})", "", "", "", "", "", "", "", ""] if "unavailable" in e else
+                [fmt(e["median_s"], ".3f"), fmt(e["min_s"], ".3f"), fmt(e.get("cpu_s_median"), ".1f"),
+                 fmt(e["warmup_s"], ".2f"),
+                 fmt(e.get("forward_equivalents"), ".1f"), fmt(e.get("useful_frac_of_peak"), ".0%"),
+                 fmt(e["peak_rss_mib"], ",.0f"), fmt(e.get("agreement"), ".1e"),
+                 (f"{e['interpjax_speedup']:.2f}x" if "interpjax_speedup" in e else
+                  f"{e['speedup_vs_fastest_peer']:.2f}x vs fastest" if "speedup_vs_fastest_peer" in e else "-")])
+            for e in entries],
+            ["", "median s", "min s", "CPU s", "warm-up s", "fwd equiv", "useful/peak", "peak RSS MiB", "rel diff",
+             "interpjax speedup"])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 
 
@@ -427,6 +742,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compiles per layer count in the scaling test; the fastest is reported (default 2)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT (atomically)")
     p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("sweeps", help="workloads W0-W3 head to head: interpjax vs transformers, TransformerLens, "
+                                      "nnsight, pyvene (../shared/bench/WORKLOADS.md)")
+    p.add_argument("--workloads", nargs="+", default=list(bcm.WORKLOADS), metavar="W", help="default: W0 W1 W2 W3")
+    p.add_argument("--peers", nargs="+", default=list(PEER_LIBS), metavar="LIB",
+                   help=f"peer libraries (default: all of {PEER_LIBS}; hf is required, it is the reference)")
+    p.add_argument("--cache", default=str(bcm.default_cache_dir()),
+                   help="weights, venvs and results (default %(default)s; never inside the repo)")
+    for lib in PEER_LIBS:
+        p.add_argument(f"--venv-{lib}", metavar="DIR", help=f"venv for {lib} (default: $INTERPJAX_BENCH_VENV_{lib.upper()} "
+                                                            f"or CACHE/{PEER_VENVS[lib] or '<this python>'})")
+    p.add_argument("--results", metavar="DIR", help="per (lib, workload) JSON; existing ones are reused unless "
+                                                    "--rerun (default CACHE/results)")
+    p.add_argument("--rerun", action="store_true", help="recompute results that already exist")
+    p.add_argument("--repeats", type=int, default=3, help="timed full sweeps per idiom (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per peer (default 2; XLA uses the cores)")
+    p.add_argument("--per-variant", action="store_true",
+                   help="also time the one-forward-per-variant idioms (192 / 384 forwards per sweep; slow)")
+    p.add_argument("--quick", action="store_true", help="a 2x2 corner of each grid, 1 repeat: a smoke run")
+    p.add_argument("--bench-config", help="bench_config.py (default ../shared/bench/bench_config.py beside the repo)")
+    p.add_argument("--json", metavar="OUT", help="also write all results as JSON to OUT (atomically)")
+    p.set_defaults(func=cmd_sweeps)
     return parser
 
 
@@ -435,6 +772,8 @@ def main(argv=None) -> int:
     for name in ("batch", "seq", "repeats", "compile_repeats"):
         if getattr(args, name, 1) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    if getattr(args, "quick", False):
+        args.repeats = 1
     result = args.func(args)
     if getattr(args, "json", None):
         result["argv"] = sys.argv
