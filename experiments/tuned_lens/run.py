@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent / "logit_lens"))  # the shared story generato
 
 import interpjax  # noqa: E402
 from interpjax import lens as LZ  # noqa: E402
+from interpjax.plots import heatmap  # noqa: E402
 from interpjax.train import TrainConfig  # noqa: E402
 from stories import corpus_stories, story_stream  # noqa: E402
 
@@ -149,16 +150,26 @@ def main(argv=None):
     tokens, _ = model.to_tokens([PROMPT])
     labels = [token_label(tok, i) for i in tokens[0]]
     rows = [str(l) for l in range(L)] + ["out"]
-    LZ.plot_trajectory(LZ.tuned_lens(lens, cfg, params, tokens)[:, 0], out / "trajectory_tuned.png", labels,
-                       lambda i: token_label(tok, i), row_labels=rows, title="tuned lens (colour: top-token probability)")
+    tuned_lg = LZ.tuned_lens(lens, cfg, params, tokens)[:, 0]
+    LZ.plot_trajectory(tuned_lg, out / "trajectory_tuned.png", labels, lambda i: token_label(tok, i),
+                       row_labels=rows, title="tuned lens (colour: top-token probability)")
+    depth_per_token = {}
     if not args.quick:
-        LZ.plot_trajectory(LZ.logit_lens(cfg, params, tokens)[:, 0], out / "trajectory_logit.png", labels,
-                           lambda i: token_label(tok, i), row_labels=rows,
-                           title="logit lens (colour: top-token probability)")
+        logit_lg = LZ.logit_lens(cfg, params, tokens)[:, 0]
+        LZ.plot_trajectory(logit_lg, out / "trajectory_logit.png", labels, lambda i: token_label(tok, i),
+                           row_labels=rows, title="logit lens (colour: top-token probability)")
+        # per-token prediction depth of the prompt under both lenses, annotated with the model's next-token guess
+        depth = np.stack([np.asarray(LZ.prediction_depth(np.argmax(x, -1))) for x in (logit_lg, tuned_lg)])
+        guess = [token_label(tok, i) for i in np.argmax(np.asarray(tuned_lg[-1]), -1)]
+        heatmap(depth, out / "depth_per_token.png", ["logit lens", "tuned lens"], labels, [guess, guess],
+                title="prediction depth per token (text: the model's top-1 next token)", cmap="viridis",
+                cbar_label="prediction depth (layer; 5 = output)", vmin=0, vmax=L,
+                xlabel="input token")
+        depth_per_token = {"tokens": labels, "logit": depth[0].tolist(), "tuned": depth[1].tolist()}
 
     log = [json.loads(x) for x in trainer.log_path.read_text().splitlines() if x]
     res = {"model": Path(args.model).name, "mode": mode, "hyper": hp, "train_tokens": hp["steps"] * hp["batch"] * hp["seq"],
-           "resumed_from_step": resumed_from, "train_s": round(train_s, 1), "train_log": log,
+           "resumed_from_step": resumed_from, "prompt_depth_per_token": depth_per_token, "train_s": round(train_s, 1), "train_log": log,
            "layers": LZ.lens_names(cfg),
            "eval": {f"{k[0]}/{k[1]}": v for k, v in metrics.items()},
            "tuned_beats_logit_every_intermediate_layer": beats, "wall_s": round(time.time() - t0, 1)}
