@@ -11,11 +11,12 @@ import pytest
 import interpjax
 from interpjax import AttentionKnockout, Ablate, Add, Patch
 from interpjax import model as M
+from interpjax import skill_neurons as sn
 from interpjax import task_vectors as tv
 from interpjax.knockout import attention_knockout, attribute_rate, key_positions, sublayer_knockout
 from interpjax.worlds import facts, icl
 
-from conftest import REPO
+from conftest import REPO, needs_stories
 
 
 @pytest.fixture
@@ -162,6 +163,44 @@ def test_fact_and_icl_worlds_layout():
     assert (seq[mask == 1] >= icl.ITEM_BASE).all() and mask.sum() == 3 * 3
 
 
+def test_predictivity_finds_a_planted_skill_neuron():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    acts = rng.normal(size=(2, 400, 20))
+    acts[1, :, 7] = (labels == 2) * 2.0 + 0.3 * rng.normal(size=400)  # fires for class 2 only
+    acts[0, :, 3] = -1.0 * (labels == 0) + 0.15 * rng.normal(size=400)  # silent for class 0
+    found = sn.find(acts, labels, k=2)
+    assert {tuple(n) for n in found["neurons"].tolist()} == {(1, 7), (0, 3)} and found["scores"].min() > 0.95
+    pred = sn.predictivity(acts, labels)
+    assert pred["above"][1, 2, 7] and not pred["above"][0, 0, 3]
+    assert np.median(pred["score"]) < 0.75  # ordinary neurons: near the majority-vs-rest rate
+    with pytest.raises(ValueError, match="labels must be"):
+        sn.predictivity(acts, labels[:10])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        sn.predictivity(acts, np.zeros(400, int))
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_skill_neuron_noise_touches_only_the_chosen_neurons(tiny_model, name):
+    model = tiny_model(name)[0]
+    cfg = model.cfg
+    tokens = _toks(cfg, B=2, T=6)
+    acts = sn.activations_at(cfg, model.params, tokens, np.array([0, -1]))
+    _, cache = model.run_with_cache(tokens, sites=["mlp_post"])
+    np.testing.assert_allclose(acts[:, 1], np.asarray(cache["mlp_post"])[:, 1, -1], rtol=1e-6)
+    neurons = np.array([[0, 1], [0, 4], [cfg.n_layers - 1, 2]])
+    std = np.ones((cfg.n_layers, cfg.d_mlp))
+    key = jnp.zeros(2, jnp.uint32)
+    zero = sn.noise_interventions(cfg, neurons, std, key, 2, 6, scale=0.0)
+    np.testing.assert_array_equal(np.asarray(model(tokens, interventions=zero)), np.asarray(model(tokens)))
+    ivs = sn.noise_interventions(cfg, neurons, std, key, 2, 6)
+    _, noisy = model.run_with_cache(tokens, sites=["mlp_post"], layers=[0], interventions=ivs)
+    diff = np.abs(np.asarray(noisy["mlp_post"])[0] - np.asarray(cache["mlp_post"])[0]).max((0, 1))
+    assert set(np.flatnonzero(diff > 0).tolist()) == {1, 4}
+    rand = sn.random_neurons(cfg, "mlp_post", 5, exclude=neurons)
+    assert not {tuple(r) for r in rand.tolist()} & {tuple(n) for n in neurons.tolist()}
+
+
 def _experiment(name):
     spec = importlib.util.spec_from_file_location(f"exp_{name}", REPO / "experiments" / name / "run.py")
     mod = importlib.util.module_from_spec(spec)
@@ -178,6 +217,16 @@ def test_knockout_experiment_quick(tmp_path):
     assert min(r["knockout"]["subject"]) < -0.2
     assert min(r["knockout"]["subject"]) < min(r["knockout"]["non_subject"]) - 0.1
     assert (tmp_path / "quick" / "knockout.png").exists()
+
+
+@needs_stories
+@pytest.mark.slow
+def test_skill_neuron_experiment_quick(tmp_path):
+    r = _experiment("skill_neurons").main(["--quick", "--no-encoder", "--out", str(tmp_path)])
+    dec = r["settings"]["decoder"]
+    assert dec["clean_accuracy"] > 0.75 and dec["top_scores"][0] > 0.9
+    widest = dec["curve"][-1]  # 10% of the neurons noised: skill neurons hurt more than random ones
+    assert widest["skill"] < widest["random"]
 
 
 @pytest.mark.slow
