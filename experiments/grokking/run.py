@@ -138,6 +138,7 @@ def main():
     ap.add_argument("--frac", type=float, default=None, help="training fraction of the main run")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--wd", type=float, default=1.0)
+    ap.add_argument("--ungrok-steps", type=int, default=None, help="steps of the ungrokking run")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--workdir", default=None,
                     help="checkpoints + metrics.jsonl (default: <repo>/runs/grokking, or <out>/work with --out)")
@@ -149,7 +150,7 @@ def main():
     if not 2 <= p:
         raise ValueError(f"--p must be >= 2, got {p}")
     steps = args.steps or (300 if q else 1000)
-    sweep_steps = args.sweep_steps or (150 if q else steps)
+    sweep_steps = args.sweep_steps or (150 if q else 800)
     d_model = args.d_model or (32 if q else 64)
     lr = args.lr or 3e-3
     frac = args.frac or (0.5 if q else 0.3)
@@ -176,10 +177,11 @@ def main():
     plot_curves(rows, out / "curves.png", f"modular addition p={p}, {frac:.0%} of pairs: train vs test")
 
     sweep = []
-    fracs = [0.2, 0.3] if q else [0.2, 0.25, 0.3, 0.4]
+    fracs = [0.2, 0.3] if q else [0.2, 0.25, 0.3]
     for f in fracs:
-        if f == frac and sweep_steps == steps:
-            rr = rows  # the main run is this sweep point
+        if f == frac and sweep_steps <= steps:
+            # constant lr schedule: the main run's first sweep_steps steps ARE this sweep point
+            rr = [r for r in rows if r["step"] <= sweep_steps]
         else:
             rr = run(work, p, f, sweep_steps, args.seed, d_model, lr, args.wd, log_every, tag=f"_frac{f}")["rows"]
         sweep.append({"frac": f, "n_train": int(f * p * p), "final_test_acc": rr[-1]["eval_acc"],
@@ -190,11 +192,14 @@ def main():
     # ungrokking: continue the grokked model on a much smaller subset of its training pairs
     t1 = time.perf_counter()
     small = main_run["train_idx"][: max(len(main_run["train_idx"]) // 4, 1)]
-    ung = run(work, p, 0.0, steps // 2 if not q else 150, args.seed, d_model, lr, args.wd, log_every,
+    ung_steps = args.ungrok_steps or (150 if q else 3000)
+    ung = run(work, p, 0.0, ung_steps, args.seed, d_model, lr, args.wd, log_every,
               params=main_run["params"], train_idx=small, tag="_ungrok")
     summary["ungrok"] = {"n_train": len(small), "frac": len(small) / p**2, "start_test_acc": rows[-1]["eval_acc"],
                          "end_test_acc": ung["rows"][-1]["eval_acc"], "end_train_acc": ung["rows"][-1]["acc"],
-                         "steps": ung["rows"][-1]["step"], "seconds": round(time.perf_counter() - t1, 1)}
+                         "steps": ung["rows"][-1]["step"], "seconds": round(time.perf_counter() - t1, 1),
+                         "first_step_test_below_0.5": next((r["step"] for r in ung["rows"] if r["eval_acc"] < 0.5), None),
+                         "min_param_norm": min(r["param_norm"] for r in ung["rows"])}
     plot_curves(ung["rows"], out / "ungrok.png", f"ungrokking: continue on {len(small)} pairs")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     tmp = out / "results.json.tmp"

@@ -302,6 +302,7 @@ def plot_probes(res: dict, path: Path):
                 a.plot(range(len(e)), e, style, color=color, marker="o", label=f"{model} {probe_kind[:-6]}")
         a.axhline(res["trained"][kind]["majority_error"], color="gray", lw=0.8, label="majority class")
         a.set_title(f"{kind}: " + " / ".join(STATE_NAMES[kind])), a.set_xlabel(f"layer ({SITE})")
+        a.set_xticks(range(len(res["trained"][kind]["linear_error"])))
     ax[0].set_ylabel("per-square probe error (held out)")
     ax[1].legend(fontsize=7)
     fig.tight_layout()

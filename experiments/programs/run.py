@@ -38,8 +38,8 @@ TARGETS = ("facing", "facing_next", "facing_next2")
 SIZES = {
     "quick": dict(n_layers=2, d_model=64, n_heads=2, batch=32, steps=200, lr=3e-3, n_train=4000, n_eval=100,
                   n_probe=300, checkpoints=(0, 200), probe_steps=200),
-    "full": dict(n_layers=2, d_model=64, n_heads=4, batch=32, steps=2000, lr=3e-3, n_train=30_000, n_eval=300,
-                 n_probe=1000, checkpoints=(0, 100, 250, 500, 750, 1000, 1500, 2000), probe_steps=500),
+    "full": dict(n_layers=2, d_model=64, n_heads=4, batch=32, steps=1200, lr=3e-3, n_train=30_000, n_eval=300,
+                 n_probe=800, checkpoints=(0, 100, 200, 400, 600, 900, 1200), probe_steps=400),
 }
 TASK_KW = dict(grid=(4, 4), n_examples=3, program_length=(2, 6))
 
