@@ -1,4 +1,6 @@
-"""Command line: ``interpjax demo`` (load a model, steer it, patch it) and ``interpjax sites``."""
+"""Command line: ``interpjax demo`` (load a model, steer it, patch it), ``interpjax sites``,
+``interpjax steer`` (unsteered vs steered continuations side by side) and ``interpjax read``
+(a LAT token x layer scan of a text as a self-contained HTML page)."""
 
 from __future__ import annotations
 
@@ -104,6 +106,104 @@ def cmd_demo(args):
         print(f"  layer {l:2d}  " + "".join(f"{p:7.2f}" for p in probs[l]))
 
 
+def _side_by_side(left: str, right: str, titles=("unsteered", "steered"), width: int = 52) -> str:
+    import textwrap
+
+    a, b = textwrap.wrap(left, width) or [""], textwrap.wrap(right, width) or [""]
+    n = max(len(a), len(b))
+    a, b = a + [""] * (n - len(a)), b + [""] * (n - len(b))
+    lines = [f"{titles[0]:<{width}} | {titles[1]}", f"{'-' * width}-+-{'-' * width}"]
+    return "\n".join(lines + [f"{x:<{width}} | {y}" for x, y in zip(a, b)])
+
+
+def _fail(msg: str):
+    sys.exit(f"interpjax: {msg}")
+
+
+def cmd_steer(args):
+    """Build a steering vector (ActAdd from one prompt pair, or CAA/RepE from several) and print the
+    unsteered and steered continuations of --prompt side by side."""
+    from interpjax import steering as st
+    from interpjax.generate import generate
+
+    if args.vector is None and (not args.positive or not args.negative):
+        _fail("pass --positive and --negative (or --vector FILE)")
+    model = _load(args)
+    try:
+        if args.vector:
+            vec = st.SteeringVector.load(args.vector, model=model)
+        elif args.method == "actadd":
+            if len(args.positive) != 1 or len(args.negative) != 1:
+                _fail("--method actadd takes exactly one --positive and one --negative prompt")
+            vec = st.actadd(model, args.positive[0], args.negative[0], args.layer, site=args.site)
+        else:
+            vec = st.from_contrast(model, args.positive, args.negative, args.layer, site=args.site, method=args.method)
+        tokens, mask = model.to_tokens([args.prompt])
+        total = tokens.shape[1] + args.new_tokens
+        iv = vec.intervention(args.coeff, seq_len=total) if vec.per_position else vec.intervention(args.coeff)
+        kw = dict(attention_mask=mask, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        plain = generate(model.cfg, model.params, tokens, args.new_tokens, **kw)
+        steered = generate(model.cfg, model.params, tokens, args.new_tokens, iv, **kw)
+    except ValueError as e:
+        _fail(str(e))
+    if args.save:
+        vec.save(args.save)
+    show = lambda g: model.tokenizer.decode(g.tokens[0][g.mask[0] > 0].tolist(), skip_special_tokens=True)  # noqa: E731
+    where = "front-aligned" if vec.per_position else "every position"
+    print(f"\n{vec.method} vector at {vec.site}[{vec.layer}], coeff {args.coeff}, added {where}\n")
+    print(_side_by_side(show(plain), show(steered), ("unsteered", f"steered (coeff {args.coeff})")))
+    if args.save:
+        print(f"\nsaved the vector to {args.save}")
+
+
+def _read_pairs(path: str):
+    pos, neg = [], []
+    for i, line in enumerate(open(path, encoding="utf-8").read().splitlines()):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            _fail(f"{path}:{i + 1}: expected 'positive<TAB>negative', got {len(parts)} field(s)")
+        pos.append(parts[0])
+        neg.append(parts[1])
+    return pos, neg
+
+
+def cmd_read(args):
+    """Reading vectors from contrast pairs (or a saved file), then the LAT scan of --text as HTML."""
+    from interpjax import reading as rd
+
+    pos, neg = list(args.positive or []), list(args.negative or [])
+    if args.pairs:
+        p, n = _read_pairs(args.pairs)
+        pos, neg = pos + p, neg + n
+    if args.vector is None and not (pos or neg):
+        _fail("pass contrast pairs (--positive/--negative, or --pairs FILE) or --vector FILE")
+    model = _load(args)
+    try:
+        if args.vector:
+            rv = rd.ReadingVectors.load(args.vector, model=model)
+        else:
+            rv = rd.reading_vectors(model, pos, neg, site=args.site, method=args.method, label=args.label)
+        layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+        s = rd.scan(model, args.text, rv)
+        if layers is not None:
+            bad = [l for l in layers if l not in s.layers]
+            if bad:
+                _fail(f"--layers {bad} not in the scanned layers {list(s.layers)}")
+    except ValueError as e:
+        _fail(str(e))
+    out = rd.render_html(s, args.out, layers=layers)
+    print(f"wrote {out} ({len(s.tokens)} tokens x {len(s.layers)} layers)")
+    if args.png:
+        print(f"wrote {rd.heatmap_png(s, args.png)}")
+    if args.save:
+        print(f"wrote {rv.save(args.save)}")
+    if "train_pair_accuracy" in rv.meta:
+        print("train pair accuracy per layer: " + " ".join(f"L{l}:{a:.2f}" for l, a in
+                                                         zip(rv.layers, rv.meta["train_pair_accuracy"])))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="interpjax", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -121,6 +221,40 @@ def main(argv=None):
     _model_arg(sites)
     sites.add_argument("--seq", type=int, default=16)
     sites.set_defaults(fn=cmd_sites)
+
+    steer = sub.add_parser("steer", help="steer a generation: unsteered vs steered continuations side by side")
+    _model_arg(steer)
+    steer.add_argument("--positive", action="append", help="positive prompt (repeat for a contrast set)")
+    steer.add_argument("--negative", action="append", help="negative prompt (repeat for a contrast set)")
+    steer.add_argument("--method", default="actadd", choices=["actadd", "mean_diff", "pca"])
+    steer.add_argument("--vector", help="a saved steering vector (.safetensors) instead of prompts")
+    steer.add_argument("--site", default="resid_pre")
+    steer.add_argument("--layer", type=int, default=0)
+    steer.add_argument("--coeff", type=float, default=4.0)
+    steer.add_argument("--prompt", required=True)
+    steer.add_argument("--new-tokens", type=int, default=40)
+    steer.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    steer.add_argument("--top-k", type=int, default=0)
+    steer.add_argument("--top-p", type=float, default=1.0)
+    steer.add_argument("--seed", type=int, default=0)
+    steer.add_argument("--save", help="also save the steering vector to this .safetensors file")
+    steer.set_defaults(fn=cmd_steer)
+
+    read = sub.add_parser("read", help="LAT scan: score every token x layer of a text against a reading vector (HTML)")
+    _model_arg(read)
+    read.add_argument("--positive", action="append", help="positive text of a pair (repeat)")
+    read.add_argument("--negative", action="append", help="negative text of a pair (repeat)")
+    read.add_argument("--pairs", help="file of 'positive<TAB>negative' lines")
+    read.add_argument("--vector", help="saved reading vectors (.safetensors) instead of pairs")
+    read.add_argument("--site", default="resid_post")
+    read.add_argument("--method", default="pca", choices=["pca", "mean_diff"])
+    read.add_argument("--label", default="")
+    read.add_argument("--text", required=True)
+    read.add_argument("--layers", help="comma-separated layers averaged for the coloured line (default all)")
+    read.add_argument("--out", default="lat_scan.html")
+    read.add_argument("--png", help="also write the token x layer heatmap PNG here")
+    read.add_argument("--save", help="also save the reading vectors to this .safetensors file")
+    read.set_defaults(fn=cmd_read)
     args = parser.parse_args(argv)
     args.fn(args)
 

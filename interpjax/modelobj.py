@@ -32,6 +32,15 @@ class Model:
     def run_with_cache(self, tokens, sites=None, layers=None, attention_mask=None, interventions=None, **kw):
         return run_with_cache(self.cfg, self.params, tokens, sites, layers, attention_mask, interventions, **kw)
 
+    def generate(self, prompts, max_new_tokens: int, interventions=None, **kw):
+        """KV-cache generation (see ``interpjax.generate.generate``); ``prompts`` may be text(s),
+        which are tokenized left-padded, or token ids [B, T] with ``attention_mask=`` in ``kw``."""
+        from .generate import generate
+
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
+            prompts, kw["attention_mask"] = self.to_tokens(prompts)
+        return generate(self.cfg, self.params, prompts, max_new_tokens, interventions, **kw)
+
     def sites(self, batch: int = 1, seq: int | None = None) -> list[dict]:
         return list_sites(self.cfg, batch, seq)
 

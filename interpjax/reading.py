@@ -169,6 +169,11 @@ def scan(model, text: str, rv: ReadingVectors) -> TokenScan:
     return TokenScan(_token_strings(model, tokens[0]), scores, rv.layers, rv.meta.get("label", ""))
 
 
+def _colour_limit(scores) -> float:
+    """Colour scale: the 95th percentile of |score|, so one outlying token does not wash out the rest."""
+    return max(float(np.percentile(np.abs(scores), 95)), 1e-6)
+
+
 def _colour(score: float, lim: float) -> str:
     """Diverging colour: red for negative, white for 0, green for positive scores."""
     a = float(np.clip(score / lim, -1, 1))
@@ -188,7 +193,7 @@ def render_html(s: TokenScan, path, layers=None, title: str = "") -> Path:
         raise ValueError(f"layers {bad} were not scanned; scanned layers: {list(s.layers)}")
     cols = [s.layers.index(l) for l in layers]
     line = s.scores_TL[:, cols].mean(1)
-    lim = max(float(np.abs(s.scores_TL).max()), 1e-6)
+    lim = _colour_limit(s.scores_TL)
     esc = lambda t: html.escape(t).replace(" ", "&nbsp;") or "&middot;"  # noqa: E731
     spans = "".join(f'<span class="t" style="background:{_colour(v, lim)}" title="{v:+.2f}">{esc(t)}</span>'
                     for t, v in zip(s.tokens, line))
@@ -209,7 +214,8 @@ td.tok {{ text-align: left; }}
 </style></head><body>
 <h2>{html.escape(title)}</h2>
 <p>Score = standardised projection onto the reading vector (green = positive side, red = negative side);
-coloured line: mean over layers {layers}. Colour scale: &plusmn;{lim:.2f}.</p>
+coloured line: mean over layers {layers}. Colour scale: &plusmn;{lim:.2f} (95th percentile of |score|; beyond it
+the colour saturates).</p>
 <div class="text">{spans}</div>
 <table><tr><th>token</th>{head}</tr>{rows}</table>
 </body></html>
@@ -226,7 +232,7 @@ def heatmap_png(s: TokenScan, path, title: str = "") -> Path:
     """Token x layer heatmap of a scan (layers as rows), written atomically."""
     from .plots import heatmap
 
-    lim = max(float(np.abs(s.scores_TL).max()), 1e-6)
+    lim = _colour_limit(s.scores_TL)
     return heatmap(s.scores_TL.T, path, [f"L{l}" for l in s.layers], [t.strip() or "·" for t in s.tokens],
                    title=title or f"LAT scan: {s.label}", cmap="RdYlGn", vmin=-lim, vmax=lim, cbar_label="score",
                    ylabel="layer")

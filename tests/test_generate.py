@@ -178,3 +178,12 @@ def test_real_checkpoint_batched_greedy_matches_transformers():
     out = greedy(model.cfg, model.params, tokens, 40, attention_mask=mask)
     assert out.tolist() == ref.tolist()
     assert "Lily. She loved to play outside in the park" in model.to_string(out[0])
+
+
+@needs_stories
+def test_model_generate_takes_texts():
+    model = interpjax.load(STORIES)
+    out = model.generate(["Once upon a time, there was a little girl named", "The cat"], 20, stop_tokens=[2])
+    tokens, mask = model.to_tokens(["Once upon a time, there was a little girl named", "The cat"])
+    assert out.tokens[:, :tokens.shape[1]].tolist() == tokens.tolist()
+    assert out.tokens.tolist() == greedy(model.cfg, model.params, tokens, 20, attention_mask=mask, stop_tokens=[2]).tolist()

@@ -73,10 +73,6 @@ def main():
     pos_acts = st.collect(model, stimuli("happy", range(n_ev), names), args.site, layers)  # [L, names*events, D]
     neg_acts = st.collect(model, stimuli("sad", range(n_ev), names), args.site, layers)
     event_of = np.tile(np.arange(n_ev), len(names))
-    rng = np.random.default_rng(0)
-    swap = rng.random(len(event_of)) < 0.5  # shuffled-label control (mean difference): labels swapped per pair
-    ctrl_pos = np.where(swap[None, :, None], neg_acts, pos_acts)
-    ctrl_neg = np.where(swap[None, :, None], pos_acts, neg_acts)
     folds = np.array_split(np.random.default_rng(1).permutation(n_ev), 5)
     pair_hits, single_hits, ctrl_hits = [], [], []
     for held_events in folds:
@@ -85,7 +81,11 @@ def main():
         sp, sn = rv_f.scores(pos_acts[:, test]), rv_f.scores(neg_acts[:, test])
         pair_hits.append(sp > sn)
         single_hits.append(np.concatenate([sp > 0, sn < 0], 1))
-        rv_c = rd.fit(ctrl_pos[:, ~test], ctrl_neg[:, ~test], layers, args.site, "mean_diff")
+        # control: the same fit on random "pairs" drawn from the pooled happy and sad training texts
+        pool = np.concatenate([pos_acts[:, ~test], neg_acts[:, ~test]], 1)
+        perm = np.random.default_rng(2).permutation(pool.shape[1])
+        half = pool.shape[1] // 2
+        rv_c = rd.fit(pool[:, perm[:half]], pool[:, perm[half:2 * half]], layers, args.site, args.method)
         ctrl_hits.append(rv_c.scores(pos_acts[:, test]) > rv_c.scores(neg_acts[:, test]))
     held = {"pair": np.concatenate(pair_hits, 1).mean(1).tolist(),
             "single": np.concatenate(single_hits, 1).mean(1).tolist()}
@@ -133,7 +133,7 @@ def main():
         "model": args.model if args.model != str(DEFAULT_MODEL) else "llama2c-stories260k", "site": args.site,
         "method": args.method, "layers": layers, "n_pairs": len(train_pos), "folds": [f.tolist() for f in folds],
         "train_pair_accuracy": rv.meta["train_pair_accuracy"], "heldout_pair_accuracy": held["pair"],
-        "heldout_single_accuracy": held["single"], "shuffled_control_pair_accuracy": ctrl["pair"],
+        "heldout_single_accuracy": held["single"], "random_pairs_control_pair_accuracy": ctrl["pair"],
         "explained_variance": rv.meta.get("explained_variance"),
         "scan": {"text": SCAN_TEXT, "tokens": s.tokens, "scores_TL": np.round(s.scores_TL, 3).tolist()},
         "emotion_separation_nc_accuracy": sep.tolist(), "emotions": list(EVENTS),
@@ -144,7 +144,7 @@ def main():
     write_json(res, out_dir / "results.json")
     print(f"RepE happy vs sad on {res['model']} ({args.site}, {args.method}); {len(train_pos)} pairs, held-out accuracy "
           f"over 5 folds that each hold out 3 of {n_ev} events")
-    print("layer   train(all)  held-out pair  held-out single  shuffled-label ctrl  emotions NC acc (4-way)")
+    print("layer   train(all)  held-out pair  held-out single  random-pairs ctrl  emotions NC acc (4-way)")
     for i, l in enumerate(layers):
         print(f"  {l:2d}    {rv.meta['train_pair_accuracy'][i]:.2f}           {held['pair'][i]:.2f}            "
               f"{held['single'][i]:.2f}              {ctrl['pair'][i]:.2f}                 {sep[i]:.2f}")
