@@ -438,9 +438,12 @@ def nnsight_idioms(ctx, nn_model, workload):
     h = nn_model.transformer.h
     kw = {"use_cache": False, "logits_to_keep": 1}
 
+    # nnsight runs the trace body alongside the model: touch modules in execution order, with plain loops
     def clean_resid(ids):
+        saved = []
         with nn_model.trace(ids, **kw):
-            saved = [h[l].input.save() for l in range(ctx.bc.N_LAYERS)]
+            for l in range(ctx.bc.N_LAYERS):
+                saved.append(h[l].input.save())
         return [torch.as_tensor(s) for s in saved]
 
     if workload == "W1":
@@ -507,10 +510,12 @@ def nnsight_idioms(ctx, nn_model, workload):
 
     if workload == "W3":
         def cache_run():
+            saved = {s: [] for s in W3_SITES}
             with nn_model.trace(ctx.cache_tokens, **kw):
-                saved = {"resid_pre": [h[l].input.save() for l in range(ctx.bc.N_LAYERS)],
-                         "attn_out": [h[l].attn.output[0].save() for l in range(ctx.bc.N_LAYERS)],
-                         "mlp_out": [h[l].mlp.output.save() for l in range(ctx.bc.N_LAYERS)]}
+                for l in range(ctx.bc.N_LAYERS):
+                    saved["resid_pre"].append(h[l].input.save())
+                    saved["attn_out"].append(h[l].attn.output[0].save())
+                    saved["mlp_out"].append(h[l].mlp.output.save())
             return {s: [torch.as_tensor(a) for a in v] for s, v in saved.items()}
 
         return {"trace with .save()": (cache_run, None)}
