@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -26,6 +28,7 @@ sys.path.insert(0, str(HERE))
 DEFAULT_MODEL = HERE.parents[1].parent / "shared" / "models" / "llama2c-stories260k"
 
 import interpjax  # noqa: E402
+from interpjax import Add  # noqa: E402
 from interpjax import reading as rd  # noqa: E402
 from interpjax import steering as st  # noqa: E402
 from interpjax.generate import generate, stack_rows  # noqa: E402
@@ -33,8 +36,8 @@ from stimuli import EVENTS, NAMES, stimuli  # noqa: E402
 
 SCAN_TEXT = ("Lily lost her toy in the park and she cried. Then Mom found the toy, and Lily smiled and "
              "hugged her. They played all day.")
-PROMPTS = ["Once upon a time, there was a girl named Lily. One day, she", "Tom went to the park. He",
-           "Sara looked at the box. She", "Ben had a big dog. One day, the dog"]
+NEUTRAL = ["Lily went to the park. She felt", "Tom saw a cat. He felt", "Sara opened the door. She felt",
+           "Ben sat on the chair. He felt", "Mia walked to school. She felt", "Tim looked at the sky. He felt"]
 HAPPY_WORDS = ("happy", "smile", "laugh", "fun", "love", "glad", "joy", "excited", "hug")
 SAD_WORDS = ("sad", "cry", "cried", "tears", "hurt", "sorry", "upset", "scared", "angry", "lonely")
 
@@ -106,13 +109,29 @@ def main():
     sep = rd.concept_separation(acts)
     rd.concept_plot(acts, out_dir / "emotions_pca.png", layers, title="four emotions, PCA per layer")
 
-    # 4. control: add the reading vector while generating, prompts x coefficients in one compiled loop
+    # 4a. control, next token: log p(" happy") - log p(" sad") after neutral "... She felt" prompts with the
+    #     reading vector (coeff 1 = mean gap) added at every position of one layer: layers x coeffs, one program
+    happy_id = model.tokenizer(" happy", add_special_tokens=False)["input_ids"][0]
+    sad_id = model.tokenizer(" sad", add_special_tokens=False)["input_ids"][0]
+    ntok, nmask = model.to_tokens(NEUTRAL)
+    vecs_LD = jnp.asarray(rv.directions_LD * np.asarray(rv.meta["mean_gap"], np.float32)[:, None])
+    grid_coeffs = [-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0]
+
+    def happy_minus_sad(layer, coeff):
+        iv = Add(args.site, layer=layer, vector=vecs_LD[layer], coeff=coeff)
+        logp = jax.nn.log_softmax(interpjax.forward(cfg, model.params, ntok, nmask, iv)[:, -1].astype(jnp.float32))
+        return (logp[:, happy_id] - logp[:, sad_id]).mean()
+
+    lsd = np.asarray(jax.jit(jax.vmap(lambda l: jax.vmap(lambda c: happy_minus_sad(l, c))(jnp.asarray(grid_coeffs))))(
+        jnp.arange(cfg.n_layers)))
+
+    # 4b. control: add the reading vector while generating, prompts x coefficients in one compiled loop
     steer_layer = args.steer_layer if args.steer_layer is not None else int(np.argmax(held["pair"]))
     vec = rv.steering(steer_layer)
     coeffs = [-4.0, 0.0, 4.0] if args.quick else [-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0]
-    prompts = PROMPTS[:2] if args.quick else PROMPTS
+    prompts = NEUTRAL[:2] if args.quick else NEUTRAL
     n_samples = 1 if args.quick else 4
-    n_new = 16 if args.quick else 40
+    n_new = 12 if args.quick else 24
     rows = [(c, p) for c in coeffs for p in prompts for _ in range(n_samples)]
     ptoks, pmask = model.to_tokens([p for _, p in rows])
     ivs = stack_rows([vec.intervention(c) for c, _ in rows])
@@ -137,6 +156,8 @@ def main():
         "explained_variance": rv.meta.get("explained_variance"),
         "scan": {"text": SCAN_TEXT, "tokens": s.tokens, "scores_TL": np.round(s.scores_TL, 3).tolist()},
         "emotion_separation_nc_accuracy": sep.tolist(), "emotions": list(EVENTS),
+        "next_token_control": {"coeffs": grid_coeffs, "prompts": NEUTRAL,
+                               "happy_minus_sad_logprob_LC": np.round(lsd, 4).tolist()},
         "control": {"layer": steer_layer, "coeffs": coeffs, "per_coeff": control, "rows": len(rows),
                     "seconds_incl_compile": t_gen},
         "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
@@ -148,7 +169,11 @@ def main():
     for i, l in enumerate(layers):
         print(f"  {l:2d}    {rv.meta['train_pair_accuracy'][i]:.2f}           {held['pair'][i]:.2f}            "
               f"{held['single'][i]:.2f}              {ctrl['pair'][i]:.2f}                 {sep[i]:.2f}")
-    print(f"control at layer {steer_layer} (coeff 1 = mean happy-sad gap), {len(rows)} rows in one compiled loop "
+    print("next-token control: mean log p(' happy') - log p(' sad') after neutral '... She felt' prompts")
+    print("coeff   " + "".join(f"{c:>7g}" for c in grid_coeffs))
+    for l in layers:
+        print(f"  L{l}   " + "".join(f"{v:7.2f}" for v in lsd[l]))
+    print(f"generation control at layer {steer_layer} (coeff 1 = mean happy-sad gap), {len(rows)} rows in one compiled loop "
           f"({t_gen:.1f}s incl. compile):")
     for c in coeffs:
         d = control[str(c)]
