@@ -25,6 +25,7 @@ accuracy (IIA) is measured with hard (0/1) interval masks on held-out pairs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -270,13 +271,10 @@ def _source_acts(cfg, params, source_tokens_KNT, site, layers, positions, chunk:
     k, n, t = source_tokens_KNT.shape
     flat = source_tokens_KNT.reshape(k * n, t)
     pos = jnp.asarray(positions)
-
-    @jax.jit
-    def run(tok):
-        acts = M._run(cfg, params, tok, jnp.ones(tok.shape, jnp.int32), None, (), (site,), tuple(layers))[1][site]
-        return jnp.take(acts, pos, axis=2)  # [Lc, b, Pc, D]
-
-    outs = [run(jnp.asarray(flat[i:i + chunk])) for i in range(0, k * n, chunk)]
+    outs = []
+    for i in range(0, k * n, chunk):
+        cache = M.run_with_cache(cfg, params, flat[i:i + chunk], sites=[site], layers=layers)[1]
+        outs.append(jnp.take(cache[site], pos, axis=2))  # [Lc, b, Pc, D]
     acts = jnp.concatenate(outs, axis=1).astype(F32)  # [Lc, K*N, Pc, D]
     lc, _, pc, d = acts.shape
     return jnp.transpose(acts.reshape(lc, k, n, pc, d), (0, 3, 1, 2, 4))
@@ -286,6 +284,38 @@ def _cell_logits(cfg, params, site, das, layer, position, tokens_BT, src_KBD, ma
     iv = interchange_intervention(site, layer, position, rotation(das), mask_KD, src_KBD)
     logits = M._run(cfg, params, tokens_BT, jnp.ones(tokens_BT.shape, jnp.int32), None, (iv,), (), ())[0]
     return logits[:, -1].astype(F32)[:, label_tokens]  # [B, C]
+
+
+def _cell_loss(cfg, site, d, params, das_c, layer, position, src_c, tokens_BT, y_B, label_tokens, temp):
+    mask = boundary_masks(das_c, d, temp)
+    lg = _cell_logits(cfg, params, site, das_c, layer, position, tokens_BT, src_c, mask, label_tokens)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(lg), y_B[:, None], 1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _grid_step(cfg, site, d, params, das, opt_state, layer_C, pos_C, src_CKND, base_NT, labels_N, label_tokens, idx,
+               temp, lr):
+    """One Adam step of every cell's alignment (vmapped over cells) on the batch rows ``idx``."""
+    opt = optax.adam(lr)
+    tokens, y = base_NT[idx], labels_N[idx]
+
+    def cell(das_c, opt_c, layer, position, src_c):
+        loss, g = jax.value_and_grad(lambda p: _cell_loss(cfg, site, d, params, p, layer, position, src_c[:, idx],
+                                                          tokens, y, label_tokens, temp))(das_c)
+        upd, opt_c = opt.update(g, opt_c, das_c)
+        return optax.apply_updates(das_c, upd), opt_c, loss
+
+    return jax.vmap(cell)(das, opt_state, layer_C, pos_C, src_CKND)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_CKBD, base_BT, y_B, label_tokens):
+    """Per cell, how many rows the hard-mask interchange answers with the counterfactual label."""
+    def one(das_c, layer, position, src_c):
+        lg = _cell_logits(cfg, params, site, das_c, layer, position, base_BT, src_c, hard_masks(das_c, d), label_tokens)
+        return jnp.sum(jnp.argmax(lg, -1) == y_B)
+
+    return jax.vmap(one)(das, layer_C, pos_C, src_CKBD)
 
 
 def train_das_grid(cfg: Config, params: dict, base_tokens, source_tokens, labels, label_tokens, *,
@@ -317,46 +347,24 @@ def train_das_grid(cfg: Config, params: dict, base_tokens, source_tokens, labels
 
     src = _source_acts(cfg, params, source_tokens, site, layers, positions).reshape(c, k, n, d)
     das = jax.vmap(lambda key: init_das(key, d, k, init_width))(jax.random.split(jax.random.PRNGKey(seed), c))
-    opt = optax.adam(lr)
-    opt_state = jax.vmap(opt.init)(das)
+    opt_state = jax.vmap(optax.adam(lr).init)(das)
     base_j, labels_j = jnp.asarray(base_tokens), jnp.asarray(labels)
-
-    def cell_loss(das_c, layer, position, src_c, idx, temp):
-        mask = boundary_masks(das_c, d, temp)
-        lg = _cell_logits(cfg, params, site, das_c, layer, position, base_j[idx], src_c[:, idx], mask, label_tokens)
-        y = labels_j[idx]
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(lg), y[:, None], 1))
-
-    def cell_step(das_c, opt_c, layer, position, src_c, idx, temp):
-        loss, g = jax.value_and_grad(cell_loss)(das_c, layer, position, src_c, idx, temp)
-        upd, opt_c = opt.update(g, opt_c, das_c)
-        return optax.apply_updates(das_c, upd), opt_c, loss
-
-    step_fn = jax.jit(jax.vmap(cell_step, in_axes=(0, 0, 0, 0, 0, None, None)))
     rng = np.random.default_rng(seed)
     temps = np.geomspace(temperature[0], temperature[1], steps)
     losses = []
     for s in range(steps):
         idx = jnp.asarray(rng.choice(n, size=min(batch_size, n), replace=False))
-        das, opt_state, loss = step_fn(das, opt_state, layer_C, pos_C, src, idx, float(temps[s]))
+        das, opt_state, loss = _grid_step(cfg, site, d, params, das, opt_state, layer_C, pos_C, src, base_j, labels_j,
+                                          label_tokens, idx, jnp.float32(temps[s]), jnp.float32(lr))
         losses.append(np.asarray(loss))
 
     def accuracy(base_np, src_tok, labels_np):
         src_e = _source_acts(cfg, params, src_tok, site, layers, positions).reshape(c, k, len(labels_np), d)
-        base_e = jnp.asarray(base_np)
-
-        @jax.jit
-        def correct(das_all, rows_src, rows_base, rows_y):
-            def one(das_c, layer, position, src_c):
-                lg = _cell_logits(cfg, params, site, das_c, layer, position, rows_base, src_c, hard_masks(das_c, d),
-                                  label_tokens)
-                return jnp.sum(jnp.argmax(lg, -1) == rows_y)
-            return jax.vmap(one)(das_all, layer_C, pos_C, rows_src)
-
         total = np.zeros(c)
         for i in range(0, len(labels_np), eval_chunk):
             sl = slice(i, i + eval_chunk)
-            total += np.asarray(correct(das, src_e[:, :, sl], base_e[sl], jnp.asarray(labels_np[sl])))
+            total += np.asarray(_grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_e[:, :, sl],
+                                              jnp.asarray(base_np[sl]), jnp.asarray(labels_np[sl]), label_tokens))
         return (total / len(labels_np)).reshape(lc, pc)
 
     iia = accuracy(ev_base, ev_src, ev_labels)
