@@ -318,7 +318,7 @@ def _variant_bytes(cfg, B, n_new, S, layers_run, itemsize, leaf_bytes, readout_f
 
 
 def plan_sweep(model, tokens, grid: Grid, metric: Callable | None = None, *, attention_mask=None, interventions=None,
-               shortcuts: bool = True, position_buckets: int = 8, chunk_size: int | None = None,
+               shortcuts: bool = True, position_buckets: int = 4, chunk_size: int | None = None,
                memory_budget: int | None = None, mesh=None, _readout_floats: int = 0) -> Plan:
     """The plan ``sweep`` would run (validates everything; computes nothing on the model)."""
     cfg, params = _unpack_model(model)
@@ -572,7 +572,7 @@ def _metric_check(cfg, params, tokens, mask, pos, grid, base_ivs, metric, metric
 
 
 def sweep(model, tokens, grid: Grid, metric: Callable, *, attention_mask=None, interventions=None,
-          metric_shape=(), shortcuts: bool = True, position_buckets: int = 8, chunk_size: int | None = None,
+          metric_shape=(), shortcuts: bool = True, position_buckets: int = 4, chunk_size: int | None = None,
           memory_budget: int | None = None, mesh=None, checkpoint_dir=None, progress: bool = True,
           on_chunk: Callable | None = None, return_plan: bool = False):
     """``metric(out)`` for every variant of ``grid`` on ``tokens``; returns numpy values shaped
