@@ -383,6 +383,8 @@ def run_peer(lib: str, workload: str, args, out: Path) -> dict:
         cmd.append("--quick")
     if not args.per_variant:
         cmd.append("--no-per-variant")
+    if args.fastest_only:
+        cmd.append("--fastest-only")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
     print(f"  {lib} {workload}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
@@ -760,6 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads per peer (default 2; XLA uses the cores)")
     p.add_argument("--per-variant", action="store_true",
                    help="also time the one-forward-per-variant idioms (192 / 384 forwards per sweep; slow)")
+    p.add_argument("--fastest-only", action="store_true",
+                   help="W1/W2: time only each peer's fastest idiom (bench_peers.FASTEST)")
     p.add_argument("--quick", action="store_true", help="a 2x2 corner of each grid, 1 repeat: a smoke run")
     p.add_argument("--bench-config", help="bench_config.py (default ../shared/bench/bench_config.py beside the repo)")
     p.add_argument("--json", metavar="OUT", help="also write all results as JSON to OUT (atomically)")

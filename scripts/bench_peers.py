@@ -203,7 +203,7 @@ def hf_idioms(ctx, model, workload):
             return out
 
         return {"hooks per variant": (per_variant, lambda: per_variant(True)),
-                "hooks, coefs stacked in batch": (stacked, lambda: stacked(True))}
+                "hooks, variants stacked in batch": (stacked, lambda: stacked(True))}
 
     if workload == "W2":
         def per_variant(first_only=False):
@@ -232,7 +232,7 @@ def hf_idioms(ctx, model, workload):
             return out
 
         return {"hooks per variant": (per_variant, lambda: per_variant(True)),
-                "hooks, positions stacked in batch": (stacked, lambda: stacked(True))}
+                "hooks, variants stacked in batch": (stacked, lambda: stacked(True))}
 
     if workload == "W3":
         def cache_run():
@@ -324,7 +324,7 @@ def tl_idioms(ctx, model, workload, legacy: bool):
             return out
 
         idioms = {"run_with_hooks per variant": (per_variant, lambda: per_variant(True)),
-                  "run_with_hooks, coefs stacked": (stacked, lambda: stacked(True))}
+                  "run_with_hooks, variants stacked": (stacked, lambda: stacked(True))}
         if legacy:
             idioms["start_at_layer from cache, stacked"] = (prefix, lambda: prefix(True))
         return idioms
@@ -376,7 +376,7 @@ def tl_idioms(ctx, model, workload, legacy: bool):
             return patching.get_act_patch_resid_pre(model, ctx.corrupted, clean, metric).double().numpy()
 
         idioms = {"run_with_hooks per variant": (per_variant, lambda: per_variant(True)),
-                  "run_with_hooks, positions stacked": (stacked, lambda: stacked(True))}
+                  "run_with_hooks, variants stacked": (stacked, lambda: stacked(True))}
         if legacy:
             idioms["start_at_layer from cache, stacked"] = (prefix, lambda: prefix(True))
             if ctx.layers == list(ctx.bc.LAYERS) and ctx.positions == list(range(ctx.bc.T)):
@@ -474,7 +474,7 @@ def nnsight_idioms(ctx, nn_model, workload):
             return out
 
         return {"trace per variant": (per_variant, lambda: per_variant(True)),
-                "16 invokes per layer, one trace": (invokes, lambda: invokes(True))}
+                "invokes per layer, one trace": (invokes, lambda: invokes(True))}
 
     if workload == "W2":
         def per_variant(first_only=False):
@@ -506,7 +506,7 @@ def nnsight_idioms(ctx, nn_model, workload):
             return out
 
         return {"trace per variant": (per_variant, lambda: per_variant(True)),
-                "32 invokes per layer, one trace": (invokes, lambda: invokes(True))}
+                "invokes per layer, one trace": (invokes, lambda: invokes(True))}
 
     if workload == "W3":
         def cache_run():
@@ -573,8 +573,8 @@ def pyvene_idioms(ctx, hf, workload):
                     break
             return out
 
-        return {"AdditionIntervention per variant": (per_variant, lambda: per_variant(True)),
-                "AdditionIntervention, coefs stacked": (stacked, lambda: stacked(True))}
+        return {"per variant": (per_variant, lambda: per_variant(True)),
+                "variants stacked in batch": (stacked, lambda: stacked(True))}
 
     if workload == "W2":
         models = {l: per_layer_model(l, pv.VanillaIntervention) for l in ctx.layers}
@@ -620,8 +620,8 @@ def pyvene_idioms(ctx, hf, workload):
                     break
             return out
 
-        return {"VanillaIntervention per variant": (per_variant, lambda: per_variant(True)),
-                "VanillaIntervention, positions stacked": (stacked, lambda: stacked(True))}
+        return {"per variant": (per_variant, lambda: per_variant(True)),
+                "variants stacked in batch": (stacked, lambda: stacked(True))}
 
     if workload == "W3":
         L = ctx.bc.N_LAYERS
@@ -707,6 +707,13 @@ def idioms_for(lib, ctx, model, workload):
     raise ValueError(f"unknown --lib {lib!r}; valid: {LIBS}")
 
 
+# the idiom of each library that does the least work for W1/W2 (prefix reuse for TL 3.x, batched
+# variants elsewhere); ``--fastest-only`` times just these when time is short
+FASTEST = {"hf": "hooks, variants stacked in batch", "tl3": "start_at_layer from cache, stacked",
+           "tl4": "run_with_hooks, variants stacked", "nnsight": "invokes per layer, one trace",
+           "pyvene": "variants stacked in batch"}
+
+
 def is_per_variant(idiom: str) -> bool:
     """Idioms that run one forward per variant (192 / 384 per sweep)."""
     return "per variant" in idiom or "get_act_patch" in idiom
@@ -759,6 +766,8 @@ def run(args) -> dict:
                 idioms = {k: v for k, v in idioms.items() if k in args.idioms}
             if args.no_per_variant:
                 idioms = {k: v for k, v in idioms.items() if not is_per_variant(k)}
+            if args.fastest_only and args.workload in ("W1", "W2"):
+                idioms = {k: v for k, v in idioms.items() if k == FASTEST[args.lib]}
             for name, (fn, warm) in idioms.items():
                 print(f"[{args.lib} {args.workload}] {name} ...", file=sys.stderr, flush=True)
                 try:
@@ -791,6 +800,7 @@ def build_parser():
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     p.add_argument("--quick", action="store_true", help="a 2x2 corner of each grid, for smoke runs")
     p.add_argument("--no-per-variant", action="store_true", help="skip the one-forward-per-variant idioms")
+    p.add_argument("--fastest-only", action="store_true", help="W1/W2: time only each library's fastest idiom")
     return p
 
 
