@@ -140,7 +140,8 @@ def cmd_steer(args):
             vec = st.from_contrast(model, args.positive, args.negative, args.layer, site=args.site, method=args.method)
         tokens, mask = model.to_tokens([args.prompt])
         total = tokens.shape[1] + args.new_tokens
-        iv = vec.intervention(args.coeff, seq_len=total) if vec.per_position else vec.intervention(args.coeff)
+        dtype = model.params["embed"]["tok"].dtype
+        iv = vec.intervention(args.coeff, seq_len=total if vec.per_position else None, dtype=dtype)
         kw = dict(attention_mask=mask, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
         plain = generate(model.cfg, model.params, tokens, args.new_tokens, **kw)
         steered = generate(model.cfg, model.params, tokens, args.new_tokens, iv, **kw)
