@@ -272,9 +272,11 @@ def _source_acts(cfg, params, source_tokens_KNT, site, layers, positions, chunk:
     flat = source_tokens_KNT.reshape(k * n, t)
     pos = jnp.asarray(positions)
     outs = []
-    for i in range(0, k * n, chunk):
-        cache = M.run_with_cache(cfg, params, flat[i:i + chunk], sites=[site], layers=layers)[1]
-        outs.append(jnp.take(cache[site], pos, axis=2))  # [Lc, b, Pc, D]
+    for i in range(0, k * n, chunk):  # fixed-size chunks (the last one padded): one compile
+        rows = flat[i:i + chunk]
+        padded = np.concatenate([rows, np.repeat(rows[:1], chunk - len(rows), 0)]) if len(rows) < chunk else rows
+        cache = M.run_with_cache(cfg, params, padded, sites=[site], layers=layers)[1]
+        outs.append(jnp.take(cache[site], pos, axis=2)[:, :len(rows)])  # [Lc, b, Pc, D]
     acts = jnp.concatenate(outs, axis=1).astype(F32)  # [Lc, K*N, Pc, D]
     lc, _, pc, d = acts.shape
     return jnp.transpose(acts.reshape(lc, k, n, pc, d), (0, 3, 1, 2, 4))
@@ -309,11 +311,11 @@ def _grid_step(cfg, site, d, params, das, opt_state, layer_C, pos_C, src_CKND, b
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_CKBD, base_BT, y_B, label_tokens):
+def _grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_CKBD, base_BT, y_B, label_tokens, valid_B):
     """Per cell, how many rows the hard-mask interchange answers with the counterfactual label."""
     def one(das_c, layer, position, src_c):
         lg = _cell_logits(cfg, params, site, das_c, layer, position, base_BT, src_c, hard_masks(das_c, d), label_tokens)
-        return jnp.sum(jnp.argmax(lg, -1) == y_B)
+        return jnp.sum((jnp.argmax(lg, -1) == y_B) & valid_B)
 
     return jax.vmap(one)(das, layer_C, pos_C, src_CKBD)
 
@@ -321,7 +323,7 @@ def _grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_CKBD, base_BT, 
 def train_das_grid(cfg: Config, params: dict, base_tokens, source_tokens, labels, label_tokens, *,
                    site: str = "resid_post", layers: Sequence[int], positions: Sequence[int], steps: int = 300,
                    batch_size: int = 64, lr: float = 1e-2, temperature=(4.0, 0.1), eval_data=None,
-                   seed: int = 0, init_width: float = 0.5, eval_chunk: int = 512) -> DASGrid:
+                   seed: int = 0, init_width: float = 0.5, eval_chunk: int = 256) -> DASGrid:
     """Train one Boundless-DAS alignment per (layer, position) at once (vmapped) on interchange
     triples: ``base_tokens`` [N, T], ``source_tokens`` [K, N, T] (K = intervened variables),
     ``labels`` [N] counterfactual classes, read as the model's logits over ``label_tokens`` at the
@@ -361,10 +363,12 @@ def train_das_grid(cfg: Config, params: dict, base_tokens, source_tokens, labels
     def accuracy(base_np, src_tok, labels_np):
         src_e = _source_acts(cfg, params, src_tok, site, layers, positions).reshape(c, k, len(labels_np), d)
         total = np.zeros(c)
-        for i in range(0, len(labels_np), eval_chunk):
-            sl = slice(i, i + eval_chunk)
-            total += np.asarray(_grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_e[:, :, sl],
-                                              jnp.asarray(base_np[sl]), jnp.asarray(labels_np[sl]), label_tokens))
+        for i in range(0, len(labels_np), eval_chunk):  # fixed-size chunks; padded rows never count
+            rows = np.arange(i, i + eval_chunk) % len(labels_np)
+            valid = jnp.asarray(np.arange(i, i + eval_chunk) < len(labels_np))
+            total += np.asarray(_grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_e[:, :, rows],
+                                              jnp.asarray(base_np[rows]), jnp.asarray(labels_np[rows]), label_tokens,
+                                              valid))
         return (total / len(labels_np)).reshape(lc, pc)
 
     iia = accuracy(ev_base, ev_src, ev_labels)
