@@ -45,6 +45,7 @@ def test_ig_completeness_all_layers(llama):
     assert np.abs(res.attributions).max() > 0
 
 
+@pytest.mark.slow
 def test_ig_single_layer_riemann_matches_manual_sum(llama):
     """One layer, right Riemann sum of 8 steps: equals the sum of per-alpha gradients computed one
     at a time (no vmap), and its total approaches f(a) - f(0) only to first order."""

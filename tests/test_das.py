@@ -157,8 +157,8 @@ def test_grid_input_errors():
 
 @pytest.mark.slow
 def test_das_experiment_quick(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "experiments/das/run.py"), "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=1200)
+    out = subprocess.run([sys.executable, str(REPO / "experiments/das/run.py"), "--quick", "--out", str(tmp_path),
+                          "--workdir", str(tmp_path / "model")], capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "quick" / "results.json").read_text())
     assert set(res["iia"]) == {"left_boundary", "left_right_boundary", "midpoint_distance", "bracket_identity"}
