@@ -9,6 +9,18 @@ converted in memory). Reports the agreement of the logits, interpjax's compile t
 latency and tokens/s of both, and how interpjax's compile time scales with depth (12 vs 48 layers
 of random weights; the layer loop is a ``lax.scan`` so it should barely grow).
 
+    python scripts/bench.py sweeps [--workloads W1 W2 W3 W0] [--peers hf tl3 tl4 nnsight pyvene] [--repeats 3]
+
+``sweeps``: the standard workloads of ../shared/bench/WORKLOADS.md (W0 plain forward, W1 steering
+layer x coefficient, W2 activation patching layer x position, W3 activation cache) run by interpjax in
+this process (``interpjax_side``) and by each PyTorch peer in its own venv (``bench_peers.py``, as a
+subprocess), all on one safetensors file of random GPT-2-small weights. Checks the arrays agree
+(max|a - ref| / max|ref| <= 1e-3 against transformers hooks), measures the fp32 matmul peak in the
+same run and prints median / min seconds, CPU seconds, forward-pass equivalents, useful FLOP/s as a
+fraction of the peak (analytic FLOPs of the minimal recompute, ``bench_common.useful_flops``), peak
+RSS increase and the ratio to each peer. Per (library, workload) results are cached as JSON and reused.
+See docs/benchmarks.md for setting up the peer venvs.
+
 Adding a subcommand: write ``cmd_<name>(args) -> dict``, register its parser in ``build_parser``.
 """
 
