@@ -32,8 +32,13 @@ def test_othello_quick(tmp_path):
         assert min(trained["linear_error"]) < trained["majority_error"]
     edit = res["intervention"]
     assert edit["n"] == 60 and len(edit["by_start_layer"]) == res["model"]["n_layers"]
-    # the edit makes the probe read the intended (edited) square state
+    # the edit makes the probe read the intended (edited) square state, and moves the model's
+    # predictions towards the edited board: newly legal moves gain, newly illegal moves lose
+    # probability -- unlike an edit of the same size along a random direction
     assert all(r["probe_reads_edit"] >= 0.9 for r in edit["by_start_layer"])
+    first = edit["by_start_layer"][0]
+    assert first["dlogp_gained"] > 0 > first["dlogp_lost"]
+    assert first["frac_gained_up"] > first["random_direction"]["frac_gained_up"] + 0.1
     for png in ("training.png", "probes.png"):
         assert (tmp_path / "quick" / png).stat().st_size > 0
 

@@ -80,7 +80,8 @@ def make_legal_rate(cfg: Config, tokens_NT: np.ndarray, legal_NTV: np.ndarray, c
 
 
 def train(cfg: Config, size: dict, work: Path, seed: int):
-    """Train on random games with the library Trainer; returns (params, metric rows, seconds)."""
+    """Train on random games with the library Trainer; returns (params, metric rows, seconds,
+    the step training started from: > 0 when a run was resumed from a checkpoint)."""
     t0 = time.perf_counter()
     tokens_NT = O.encode(O.generate_games(size["n_train"], seed=seed)).astype(np.int32)
     val = O.generate_games(256, seed=seed + 1)
@@ -96,9 +97,10 @@ def train(cfg: Config, size: dict, work: Path, seed: int):
         return {"tokens": toks, "loss_mask": (toks != O.PAD_TOKEN).astype(np.float32)}
 
     trainer = Trainer(cfg, tc, work / "train", eval_fn=rate, eval_every=tc.log_every)
+    start = trainer.step
     trainer.train(batch_fn, steps, progress=False)
     rows = [json.loads(line) for line in trainer.log_path.read_text().splitlines()]
-    return trainer.params, rows, time.perf_counter() - t0
+    return trainer.params, rows, time.perf_counter() - t0, start
 
 
 def residuals(cfg: Config, params, tokens_NT: np.ndarray, chunk: int = 128) -> np.ndarray:
@@ -196,25 +198,38 @@ def pick_edits(games_NT: np.ndarray, labels: dict, n: int, seed: int):
             "dst": np.array(dst), "legal_orig": np.stack(lo), "legal_edit": np.stack(le)}
 
 
-def _probe_edit(x_BTD, layer_index, p):
-    """Move x at (row, p['pos']) so the linear probe of this layer reads class p['dst'] on square
-    p['square'] with a logit margin p['margin'] over every other class (a few closed-form steps
-    along w_dst - w_c of the runner-up class c)."""
+def _probe_delta(x_BD, layer_index, p):
+    """The edit [B, D] that makes this layer's linear probe read class p['dst'] on square
+    p['square'] with a logit margin p['margin'] over every other class: a few closed-form steps
+    along w_dst - w_c for the runner-up class c."""
     w_DSC, b_SC = p["w"][layer_index], p["b"][layer_index]
-    B = x_BTD.shape[0]
-    rows = jnp.arange(B)
-    x_BD = x_BTD[rows, p["pos"]]
+    rows = jnp.arange(x_BD.shape[0])
     w_BDC = jnp.transpose(w_DSC[:, p["square"], :], (1, 0, 2))
     b_BC = b_SC[p["square"]]
     onehot = jax.nn.one_hot(p["dst"], w_BDC.shape[-1], dtype=bool)
+    y_BD = x_BD
     for _ in range(3):
-        logit_BC = jnp.einsum("bd,bdc->bc", x_BD, w_BDC) + b_BC
+        logit_BC = jnp.einsum("bd,bdc->bc", y_BD, w_BDC) + b_BC
         rival = jnp.argmax(jnp.where(onehot, -jnp.inf, logit_BC), -1)
         u_BD = w_BDC[rows, :, p["dst"]] - w_BDC[rows, :, rival]
         gap = logit_BC[rows, rival] - logit_BC[rows, p["dst"]] + p["margin"]
-        alpha = jnp.maximum(gap, 0.0) / jnp.sum(u_BD * u_BD, -1)
-        x_BD = x_BD + alpha[:, None] * u_BD
-    return x_BTD.at[rows, p["pos"]].set(x_BD)
+        y_BD = y_BD + (jnp.maximum(gap, 0.0) / jnp.sum(u_BD * u_BD, -1))[:, None] * u_BD
+    return y_BD - x_BD
+
+
+def _probe_edit(x_BTD, layer_index, p):
+    """Custom-intervention fn: apply the probe edit at each row's position p['pos']."""
+    rows = jnp.arange(x_BTD.shape[0])
+    x_BD = x_BTD[rows, p["pos"]]
+    return x_BTD.at[rows, p["pos"]].add(_probe_delta(x_BD, layer_index, p))
+
+
+def _random_edit(x_BTD, layer_index, p):
+    """Control: an edit of the same norm as the probe edit but along a random direction p['random']."""
+    rows = jnp.arange(x_BTD.shape[0])
+    x_BD = x_BTD[rows, p["pos"]]
+    norm_B = jnp.linalg.norm(_probe_delta(x_BD, layer_index, p), axis=-1)
+    return x_BTD.at[rows, p["pos"]].add(norm_B[:, None] * p["random"])
 
 
 def topn_errors(logits_BV: np.ndarray, legal_B64: np.ndarray) -> np.ndarray:
@@ -228,9 +243,31 @@ def topn_errors(logits_BV: np.ndarray, legal_B64: np.ndarray) -> np.ndarray:
     return np.array(errs)
 
 
+def _move_logp(logits_BV: np.ndarray) -> np.ndarray:
+    """[B, 64] log-probability of each square as the next move (-inf for the centre squares)."""
+    lp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits_BV[:, 1:]), -1))
+    out = np.full((len(lp), 64), -np.inf, np.float32)
+    out[:, O.TOKEN_TO_MOVE[1:]] = lp
+    return out
+
+
+def _edit_effect(logits, base, e) -> dict:
+    """Top-N errors against both boards, and how the log-prob of the moves whose legality the
+    edit changes moves (gained: illegal -> legal, should rise; lost: legal -> illegal, should fall)."""
+    gained, lost = e["legal_edit"] & ~e["legal_orig"], e["legal_orig"] & ~e["legal_edit"]
+    kept = e["legal_orig"] & e["legal_edit"]
+    d = _move_logp(logits) - _move_logp(base)
+    return {"errors_vs_edited": float(topn_errors(logits, e["legal_edit"]).mean()),
+            "errors_vs_original": float(topn_errors(logits, e["legal_orig"]).mean()),
+            "dlogp_gained": float(d[gained].mean()), "dlogp_lost": float(d[lost].mean()),
+            "dlogp_still_legal": float(d[kept].mean()),
+            "frac_gained_up": float((d[gained] > 0).mean()), "frac_lost_down": float((d[lost] < 0).mean())}
+
+
 def intervention_study(cfg: Config, params, games_NT, labels, probe, n_edit: int, seed: int, margin: float):
     """Flip one square's represented state (mine <-> theirs) from each start layer onwards and
-    compare the top-N predicted moves with the legal moves of the edited and original boards."""
+    compare the top-N predicted moves with the legal moves of the edited and original boards;
+    control: an edit of the same size along a random direction."""
     e = pick_edits(games_NT, labels, n_edit, seed)
     tokens = O.encode(games_NT[e["game"]]).astype(np.int32)
     B = len(tokens)
@@ -243,22 +280,24 @@ def intervention_study(cfg: Config, params, games_NT, labels, probe, n_edit: int
            "no_intervention": {"errors_vs_edited": float(topn_errors(base, e["legal_edit"]).mean()),
                                "errors_vs_original": float(topn_errors(base, e["legal_orig"]).mean())},
            "by_start_layer": []}
+    r_BD = np.random.default_rng(seed + 1).normal(size=(B, cfg.d_model)).astype(np.float32)
     p = {"w": jnp.asarray(probe.params["w"]), "b": jnp.asarray(probe.params["b"]),
          "pos": jnp.asarray(e["pos"]), "square": jnp.asarray(e["square"]), "dst": jnp.asarray(e["dst"]),
-         "margin": jnp.float32(margin)}
+         "margin": jnp.float32(margin), "random": jnp.asarray(r_BD / np.linalg.norm(r_BD, axis=-1, keepdims=True))}
     for start in range(cfg.n_layers):
-        iv = Custom(site=SITE, fn=_probe_edit, layer=jnp.arange(start, cfg.n_layers), params=p)
+        layers = jnp.arange(start, cfg.n_layers)
+        iv = Custom(site=SITE, fn=_probe_edit, layer=layers, params=p)
         logits, cache = run_with_cache(cfg, params, tokens, sites=[SITE], interventions=iv)
         logits = np.asarray(logits)[rows, e["pos"]]
         # does the last layer's probe (after the edit) read the edited square as intended?
         last = jnp.asarray(np.asarray(cache[SITE])[-1][rows, e["pos"]])
         read = np.asarray(jnp.einsum("bd,dbc->bc", last, probe.params["w"][-1][:, e["square"], :])
                           + probe.params["b"][-1][e["square"]]).argmax(-1)
-        res["by_start_layer"].append({
-            "start_layer": start,
-            "errors_vs_edited": float(topn_errors(logits, e["legal_edit"]).mean()),
-            "errors_vs_original": float(topn_errors(logits, e["legal_orig"]).mean()),
-            "probe_reads_edit": float((read == e["dst"]).mean())})
+        ctrl = np.asarray(forward(cfg, params, tokens, interventions=Custom(
+            site=SITE, fn=_random_edit, layer=layers, params=p)))[rows, e["pos"]]
+        res["by_start_layer"].append({"start_layer": start, **_edit_effect(logits, base, e),
+                                      "probe_reads_edit": float((read == e["dst"]).mean()),
+                                      "random_direction": _edit_effect(ctrl, base, e)})
     return res
 
 
@@ -339,7 +378,7 @@ def main():
         shutil.rmtree(work)
     t0 = time.perf_counter()
     cfg = model_config(size["n_layers"], size["d_model"], size["n_heads"])
-    params, rows, train_s = train(cfg, size, work, args.seed)
+    params, rows, train_s, start_step = train(cfg, size, work, args.seed)
     plot_training(rows, out / "training.png")
 
     # held-out games (a seed the training set never used) for legal-move rate, probes, edits
@@ -371,7 +410,7 @@ def main():
                "legal_move_rate": round(legal_rate, 4),
                "untrained_legal_move_rate": round(float(make_legal_rate(
                    cfg, tokens, legal_token_mask(labels["legal"]))(untrained)["legal_rate"]), 4),
-               "n_probe_examples": int(len(gi)), "probes": probe_res, "intervention": edit,
+               "n_probe_examples": int(len(gi)), "train_resumed_from_step": int(start_step), "probes": probe_res, "intervention": edit,
                "seconds": {"train": round(train_s, 1), "probes": round(probe_s, 1),
                            "total": round(time.perf_counter() - t0, 1)}}
     tmp = out / "results.json.tmp"
