@@ -18,7 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# jax's CPU eigh (inside the ridge probes) calls LAPACK from XLA's thread pool; a multi-threaded
+# OpenBLAS underneath thrashes and can deadlock there (seen on 2 shared cores). Must precede numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 POOLS = ("last", "mean")
@@ -30,6 +34,13 @@ CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America
 
 # ---------------------------------------------------------------------------------------------
 # data
+
+_T0 = time.time()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.time() - _T0:7.1f}s] {msg}", flush=True)
+
 
 
 def minilm_folder() -> Path:
@@ -144,13 +155,20 @@ def r2_per_target(pred_LNK, y_NK) -> np.ndarray:
 
 def fit_probes(X, y, train, test, *, mlp_hidden: int, mlp_steps: int, seed: int) -> dict:
     """Ridge (CV alpha), a shuffled-label ridge control and a 2-layer MLP on all layers at once."""
+    import jax
+
     from interpjax import probes
 
     Xtr, Xte, ytr, yte = X[:, train], X[:, test], y[train], y[test]
-    ridge = probes.fit_ridge(Xtr, ytr, seed=seed)
-    control = probes.fit_ridge(Xtr, probes.shuffled_control(ytr, seed=seed + 1), seed=seed)
-    mlp = probes.fit_mlp(Xtr, ytr, task="regression", hidden=mlp_hidden, steps=mlp_steps, lr=1e-3,
-                         weight_decay=1e-2, batch_size=min(256, len(train)), seed=seed)
+    # one fit at a time (block before the next): keeps peak memory and thread contention down
+    ridge = jax.block_until_ready(probes.fit_ridge(Xtr, ytr, seed=seed))
+    log("ridge probes fitted")
+    control = jax.block_until_ready(probes.fit_ridge(Xtr, probes.shuffled_control(ytr, seed=seed + 1), seed=seed))
+    log("control probes fitted")
+    mlp = jax.block_until_ready(probes.fit_mlp(Xtr, ytr, task="regression", hidden=mlp_hidden, steps=mlp_steps,
+                                               lr=1e-3, weight_decay=1e-2, batch_size=min(256, len(train)),
+                                               seed=seed))
+    log("MLP probes fitted")
     pred = {k: np.asarray(probes.predict(p, Xte)) for k, p in (("ridge", ridge), ("mlp", mlp), ("control", control))}
     return {"r2": {k: r2_per_target(v, yte) for k, v in pred.items()}, "pred": pred,
             "alpha": np.asarray(ridge.alpha).reshape(-1)}
@@ -257,6 +275,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import jax
+
+    # Seen on the shared 2-core CPU: with asynchronous dispatch, the second ridge fit (and anything
+    # queued after it) could wait forever with every XLA worker idle; synchronous dispatch avoids it.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     import interpjax
 
     t0 = time.time()
@@ -266,10 +289,12 @@ def main(argv=None) -> dict:
     texts, spans = build_prompts(cities, args.template)
     model = interpjax.load(source)
     seqs, name_pos = tokenize(model.tokenizer, texts, spans)
+    log(f"{len(cities)} cities tokenized for {model_name}")
     with tempfile.TemporaryDirectory() as tmp:
         acts_dir = args.acts_dir or Path(tmp) / "acts"
         X = collect_features(model, seqs, name_pos, args.pool, acts_dir, args.batch_size)
     t_acts = time.time() - t0
+    log(f"activations {X.shape} collected")
     y = np.asarray([[c["latitude"], c["longitude"]] for c in cities], np.float32)
     from interpjax.probes import split
 
