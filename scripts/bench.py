@@ -426,7 +426,7 @@ def matmul_peak(threads: int, repeats: int = 5) -> dict:
             t1, c1 = time.perf_counter(), os.times()
             cpu = (c1.user - c0.user) + (c1.system - c0.system)
             out[key] = max(out[key], flops / (t1 - t0))
-            if cpu > 0.01:  # os.times() ticks are 10 ms
+            if flops >= 1e10 and cpu >= 0.05:  # os.times() ticks are 10 ms: only long enough products
                 out[key + "_per_cpu_s"] = max(out[key + "_per_cpu_s"], flops / cpu)
 
     for n in (1024, 2048, 3072):
