@@ -256,7 +256,8 @@ def _edit_effect(logits, base, e) -> dict:
     edit changes moves (gained: illegal -> legal, should rise; lost: legal -> illegal, should fall)."""
     gained, lost = e["legal_edit"] & ~e["legal_orig"], e["legal_orig"] & ~e["legal_edit"]
     kept = e["legal_orig"] & e["legal_edit"]
-    d = _move_logp(logits) - _move_logp(base)
+    with np.errstate(invalid="ignore"):  # -inf - -inf on the never-legal centre squares, unused
+        d = _move_logp(logits) - _move_logp(base)
     return {"errors_vs_edited": float(topn_errors(logits, e["legal_edit"]).mean()),
             "errors_vs_original": float(topn_errors(logits, e["legal_orig"]).mean()),
             "dlogp_gained": float(d[gained].mean()), "dlogp_lost": float(d[lost].mean()),
