@@ -120,15 +120,21 @@ def test_position_and_layer_reuse_patching_matches_full_recompute(mp):
     cfg, params = mp
     clean, corrupt = tokens(cfg, seed=1), tokens(cfg, seed=2)
     grid = patch_grid(cfg, params, clean, "resid_pre")
-    (a, plan), b = sw.sweep(mp, corrupt, grid, logit_diff, progress=False, return_plan=True,
-                            position_buckets=8), None
-    b = sw.sweep(mp, corrupt, grid, logit_diff, progress=False, shortcuts=False)
+    a, b = both(mp, corrupt, grid, position_buckets=2)
     np.testing.assert_allclose(a, b, atol=TOL)
     np.testing.assert_allclose(a, loop(mp, corrupt, grid), atol=TOL)
     assert np.abs(a).max() > 1e-2
+
+
+def test_exact_minimal_work_with_one_bucket_per_position(rot):
+    cfg, params = rot
+    clean, corrupt = tokens(cfg, T=5, seed=1), tokens(cfg, T=5, seed=2)
+    grid = patch_grid(cfg, params, clean, "resid_pre")
+    a, plan = sw.sweep(rot, corrupt, grid, logit_diff, progress=False, return_plan=True, position_buckets=5)
+    np.testing.assert_allclose(a, loop(rot, corrupt, grid), atol=TOL)
     T, n = clean.shape[1], cfg.n_layers
     exact = sum((n - l) * (T - p) for l in range(n) for p in range(T)) / (n * T * n * T)
-    assert plan.work_fraction(n, T, padded=False) == pytest.approx(exact)  # 8 buckets = every position
+    assert plan.work_fraction(n, T, padded=False) == pytest.approx(exact)
 
 
 @pytest.mark.parametrize("site", ["attn_out", "mlp_out", "resid_mid"])
@@ -162,7 +168,7 @@ def test_head_sites_knockout_ablation_project_and_per_row_positions(rot):
     proj_grid = sw.product(layer=np.arange(3), position=np.arange(0, T, 3)).build(
         lambda a: Project("resid_mid", layer=a.layer, direction=vec(cfg.d_model, 5), positions=a.position))
     for grid in (z_grid, pat_grid, ko_grid, abl_grid, rows_grid, proj_grid):
-        a, b = both(rot, corrupt, grid, position_buckets=4)
+        a, b = both(rot, corrupt, grid, position_buckets=2)
         np.testing.assert_allclose(a, b, atol=TOL)
         assert np.abs(a - a.reshape(-1)[0]).max() > 1e-4  # the variants differ
 
@@ -180,7 +186,7 @@ def test_base_interventions_final_logits_and_embed_sites(rot):
             Scale("mlp_post", layer=0, factor=0.5))
     g = sw.product(layer=np.arange(3), position=np.arange(8)).build(
         lambda a: Add("resid_pre", layer=a.layer, vector=vec(32, 2), positions=a.position))
-    a, b = both(rot, toks, g, interventions=base, position_buckets=8)
+    a, b = both(rot, toks, g, interventions=base, position_buckets=3)
     np.testing.assert_allclose(a, b, atol=TOL)
     np.testing.assert_allclose(a, loop(rot, toks, g, base=base), atol=TOL)
     # edits at the global sites embed / final / logits
@@ -208,10 +214,13 @@ def test_padding_and_metric_reading_base_and_log_probs(rot):
         q = out.log_probs(-1)
         return (jnp.exp(p) * (p - q)).sum(-1).mean()
 
-    for metric in (logit_diff, kl_metric, lambda out: out.probs([4, -1], [0, 5, 9]).sum(),
-                   lambda out: out.final(jnp.array(-2)).sum()):
-        a, b = both(rot, toks, grid, metric, attention_mask=mask, position_buckets=6)
-        np.testing.assert_allclose(a, b, atol=TOL)
+    def metrics(out):  # four readouts at once: static/traced positions, full-vocab normaliser, base run
+        return jnp.stack([logit_diff(out), kl_metric(out), out.probs([4, -1], [0, 5, 9]).mean(),
+                          out.final(jnp.array(-2)).mean()])
+
+    a, b = both(rot, toks, grid, metrics, attention_mask=mask, position_buckets=3, metric_shape=(4,))
+    np.testing.assert_allclose(a, b, atol=TOL)
+    assert a.shape == (3, 6, 4) and np.abs(a[..., 1]).max() > 1e-3
     np.testing.assert_allclose(both(rot, toks, grid, attention_mask=mask)[0],
                                loop(rot, toks, grid, mask=mask), atol=TOL)
 
@@ -408,10 +417,6 @@ def test_standard_sweeps_match_direct_grids_and_plot(rot, tmp_path):
         assert r.shape == (3, 8) and np.abs(r.values).max() > 0
     hz = sw.head_patching(rot, clean, corrupt, logit_diff, site="z", progress=False)
     assert hz.axes == ("layer", "head") and hz.shape == (3, 4)
-    # all heads' z at a layer together == patching attn_out at that layer (sum over heads, linear)
-    _, c = run_with_cache(cfg, params, clean, sites=["z"])
-    allz = sw.axis("layer", np.arange(3)).build(lambda a: Patch("z", layer=a.layer, value=c["z"][0]))
-    del allz
     hp = sw.head_patching(rot, clean, corrupt, logit_diff, site="pattern", by=("head", "position"), layers=2,
                           progress=False)
     assert hp.axes == ("head", "position") and hp.shape == (4, 8)
@@ -478,7 +483,7 @@ def test_resume_after_sigkill_recomputes_nothing_and_matches(tmp_path):
     again = [int(x) for x in log.read_text().split()]
     assert not set(again) & set(finished), "a finished chunk was recomputed"
     assert sorted(set(again) | set(finished)) == list(range(n_chunks))
-    assert set(first) >= set(finished)
+    assert set(first) <= set(finished)  # a chunk is reported only after it was saved
     np.testing.assert_array_equal(np.load(out), np.load(ref_out))
 
 

@@ -543,7 +543,11 @@ def _metric_check(cfg, params, tokens, mask, pos, grid, base_ivs, metric, metric
 
     def wrapped(out):
         holder["ro"] = out
-        return metric(out)
+        res = metric(out)
+        bad = [l for l in jax.tree.leaves(res) if not hasattr(l, "shape") and not isinstance(l, (int, float))]
+        if bad or not jax.tree.leaves(res):
+            raise ValueError(f"the metric must return an array (or a pytree of arrays), got {res!r}")
+        return res
 
     ivs = tuple(base_ivs) + tuple(grid.variant(0))
 
