@@ -173,7 +173,8 @@ def main():
                "final": rows[-1], "grok_step": grok_step(rows),
                "memorised_step": next((r["step"] for r in rows if r["acc"] >= 0.99), None),
                "max_param_norm": max(r["param_norm"] for r in rows),
-               "seconds_main": round(time.perf_counter() - t0, 1)}
+               "seconds_main": round(time.perf_counter() - t0, 1),
+               "resumed": bool(args.resume)}  # with --resume, runs found finished are restored, not re-timed
     plot_curves(rows, out / "curves.png", f"modular addition p={p}, {frac:.0%} of pairs: train vs test")
 
     sweep = []
