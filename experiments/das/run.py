@@ -36,7 +36,7 @@ MODES = {
     # amount levels, model width/depth and training steps; DAS pairs (train / held out), steps, batch, positions
     "quick": dict(levels=100, d_model=64, n_layers=2, train_steps=300, n_train=256, n_test=256, das_steps=40,
                   das_batch=32, positions=("Z", "answer")),
-    "full": dict(levels=100, d_model=64, n_layers=4, train_steps=1500, n_train=2048, n_test=512, das_steps=200,
+    "full": dict(levels=100, d_model=64, n_layers=3, train_steps=600, n_train=2048, n_test=512, das_steps=150,
                  das_batch=32, positions=("Y", "Z", "answer")),
 }
 
@@ -58,9 +58,15 @@ def train_model(cfg, levels: int, steps: int, workdir: Path, seed: int):
                             "test_loss": float(loss)}
 
 
-def interchange_tokens(cm, n, levels, rng):
+def interchange_tokens(cm, n, levels, rng, with_baseline: bool = False):
+    """(base prompts [N, T], source prompts [K, N, T], counterfactual labels [N]) and, if asked, the
+    IIA of the "copy the source's answer" shortcut (best over sources), the reference to beat."""
     base, sources, labels = sample_interchange(cm, lambda r, m: price.sample_inputs(r, m, levels), n, rng)
-    return price.prompts(base, levels), np.stack([price.prompts(s, levels) for s in sources]), labels
+    out = (price.prompts(base, levels), np.stack([price.prompts(s, levels) for s in sources]), labels)
+    if not with_baseline:
+        return out
+    copy = max(float(np.mean(price.label(s).astype(np.int32) == labels)) for s in sources)
+    return out, copy
 
 
 def plot(iia: dict, layers, pos_names, path: Path):
@@ -115,25 +121,26 @@ def main(argv=None):
     pos_names = list(m["positions"])
     positions = [price.POSITION_NAMES.index(p) for p in pos_names]
     labels = price.answer_tokens(levels)
-    iia, train_iia, widths, times = {}, {}, {}, {}
+    iia, train_iia, widths, times, copy_baseline = {}, {}, {}, {}, {}
     for ci, (name, cm) in enumerate(price.CAUSAL_MODELS.items()):
         rng = np.random.default_rng([args.seed, 1, ci])
         train = interchange_tokens(cm, m["n_train"], levels, rng)
-        held = interchange_tokens(cm, m["n_test"], levels, rng)
+        held, copy_baseline[name] = interchange_tokens(cm, m["n_test"], levels, rng, with_baseline=True)
         t1 = time.time()
         grid = train_das_grid(cfg, params, *train, labels, site="resid_post", layers=layers, positions=positions,
                               steps=m["das_steps"], batch_size=m["das_batch"], lr=1e-2, temperature=(4.0, 0.1),
                               eval_data=held, seed=args.seed)
         times[name] = time.time() - t1
         iia[name], train_iia[name], widths[name] = grid.iia.tolist(), grid.train_iia.tolist(), grid.widths.tolist()
-        print(f"{name}: best IIA {grid.iia.max():.3f} ({times[name]:.0f} s)\n{np.round(grid.iia, 3)}", flush=True)
+        print(f"{name}: best IIA {grid.iia.max():.3f}, copy-source-answer {copy_baseline[name]:.3f} ({times[name]:.0f} s)\n{np.round(grid.iia, 3)}", flush=True)
 
     best_per_layer = {str(l): max(iia, key=lambda n: max(iia[n][li])) for li, l in enumerate(layers)}
     best_cell = {n: {"iia": float(np.max(a)), "layer": layers[int(np.argmax(a)) // len(positions)],
                      "position": pos_names[int(np.argmax(a)) % len(positions)]} for n, a in iia.items()}
     res = {"mode": mode, "settings": m, "model": {**acc, "config": cfg.to_dict(), "train_seconds": t_model},
            "layers": layers, "positions": pos_names, "site": "resid_post", "iia": iia, "train_iia": train_iia,
-           "interval_widths": widths, "best_cell": best_cell, "best_model_per_layer": best_per_layer,
+           "interval_widths": widths,
+           "copy_source_answer_iia": copy_baseline, "no_op_iia": 0.5, "best_cell": best_cell, "best_model_per_layer": best_per_layer,
            "das_seconds": times, "wall_seconds": time.time() - t0, "jax_backend": jax.default_backend()}
     plot(iia, layers, pos_names, out / "iia.png")
     tmp = out / "results.json.tmp"
