@@ -327,7 +327,9 @@ def train_das_grid(cfg: Config, params: dict, base_tokens, source_tokens, labels
     """Train one Boundless-DAS alignment per (layer, position) at once (vmapped) on interchange
     triples: ``base_tokens`` [N, T], ``source_tokens`` [K, N, T] (K = intervened variables),
     ``labels`` [N] counterfactual classes, read as the model's logits over ``label_tokens`` at the
-    last position. ``eval_data`` = (base, sources, labels) held out for IIA (default: the training set).
+    last position. Base and source prompts share one length without padding, and the source value
+    is taken at the same position as the base's. ``eval_data`` = (base, sources, labels) held out
+    for IIA (default: the training set).
     The temperature is annealed log-linearly from ``temperature[0]`` to ``temperature[1]``."""
     layers, positions = tuple(int(l) for l in layers), tuple(int(p) for p in positions)
     base_tokens, source_tokens, labels, label_tokens = _check_grid_inputs(
