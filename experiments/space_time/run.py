@@ -160,10 +160,12 @@ def fit_probes(X, y, train, test, *, mlp_hidden: int, mlp_steps: int, seed: int)
     from interpjax import probes
 
     Xtr, Xte, ytr, yte = X[:, train], X[:, test], y[train], y[test]
-    # one fit at a time (block before the next): keeps peak memory and thread contention down
-    ridge = jax.block_until_ready(probes.fit_ridge(Xtr, ytr, seed=seed))
+    # One fit at a time, ridge one layer per program (layer_chunk=1): on the shared 2-core CPU the
+    # all-layers batched ridge program (35 batched 384 x 384 eigh) hung with every XLA worker idle.
+    ridge = jax.block_until_ready(probes.fit_ridge(Xtr, ytr, seed=seed, layer_chunk=1))
     log("ridge probes fitted")
-    control = jax.block_until_ready(probes.fit_ridge(Xtr, probes.shuffled_control(ytr, seed=seed + 1), seed=seed))
+    control = jax.block_until_ready(probes.fit_ridge(Xtr, probes.shuffled_control(ytr, seed=seed + 1), seed=seed,
+                                                     layer_chunk=1))
     log("control probes fitted")
     mlp = jax.block_until_ready(probes.fit_mlp(Xtr, ytr, task="regression", hidden=mlp_hidden, steps=mlp_steps,
                                                lr=1e-3, weight_decay=1e-2, batch_size=min(256, len(train)),
