@@ -138,7 +138,9 @@ def main(argv=None):
     for key in ("suppress_other_facts", "amplify_other_facts"):
         if with_kn and all(key in r for r in with_kn):
             summary[key] = float(np.mean([r[key] for r in with_kn]))
-    res = {"mode": mode, "model": args.model, "site": "mlp_post", "steps": steps, "rule": args.rule,
+    # a local folder is recorded by its name only (no machine paths in results)
+    model_name = Path(args.model).name if Path(args.model).is_dir() else args.model
+    res = {"mode": mode, "model": model_name, "site": "mlp_post", "steps": steps, "rule": args.rule,
            "threshold": args.threshold, "share": args.share, "n_random": n_random, "facts": rows,
            "summary": summary, "wall_seconds": time.time() - t0, "jax_backend": jax.default_backend()}
     tmp = out / "results.json.tmp"
