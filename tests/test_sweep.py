@@ -126,6 +126,7 @@ def test_position_and_layer_reuse_patching_matches_full_recompute(mp):
     assert np.abs(a).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_exact_minimal_work_with_one_bucket_per_position(rot):
     cfg, params = rot
     clean, corrupt = tokens(cfg, T=5, seed=1), tokens(cfg, T=5, seed=2)
@@ -146,6 +147,7 @@ def test_patching_other_sites_matches_full_recompute(rot, site):
     assert np.abs(a - a[0, 0]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_head_sites_knockout_ablation_project_and_per_row_positions(rot):
     cfg, params = rot
     clean, corrupt = tokens(cfg, seed=1), tokens(cfg, seed=2)
@@ -179,6 +181,7 @@ def Compose2(a):
             Scale("mlp_post", layer=2, factor=1.5, positions=jnp.array([-1])))
 
 
+@pytest.mark.slow
 def test_base_interventions_final_logits_and_embed_sites(rot):
     cfg, params = rot
     toks = tokens(cfg)
@@ -201,6 +204,7 @@ def test_base_interventions_final_logits_and_embed_sites(rot):
         np.testing.assert_allclose(a, loop(rot, toks, grid), atol=TOL)
 
 
+@pytest.mark.slow
 def test_padding_and_metric_reading_base_and_log_probs(rot):
     cfg, params = rot
     toks = tokens(cfg, T=9)
@@ -400,6 +404,7 @@ def test_bad_input_raises_before_compute(rot):
 # standard sweeps and plots
 
 
+@pytest.mark.slow
 def test_standard_sweeps_match_direct_grids_and_plot(rot, tmp_path):
     cfg, params = rot
     clean, corrupt = tokens(cfg, seed=1), tokens(cfg, seed=2)
