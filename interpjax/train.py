@@ -122,6 +122,19 @@ def make_train_step(cfg: Config, tc: TrainConfig, opt: optax.GradientTransformat
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+def train_in_memory(cfg: Config, tc: TrainConfig, batch_fn, steps: int, params=None):
+    """Train without checkpoints or logs (small models in experiments): ``batch_fn(step)`` returns
+    (tokens, loss_mask); returns the trained params. Use ``Trainer`` for anything worth resuming."""
+    params = init_params(cfg, jax.random.PRNGKey(tc.seed)) if params is None else params
+    opt = make_optimizer(tc)
+    state = opt.init(params)
+    step_fn = make_train_step(cfg, tc, opt)
+    for step in range(steps):
+        tokens, loss_mask = batch_fn(step)
+        params, state, _ = step_fn(params, state, jnp.asarray(tokens), jnp.asarray(loss_mask))
+    return params
+
+
 def data_sharding():
     """Batch axis sharded over all local devices; params replicated."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

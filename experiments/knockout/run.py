@@ -28,13 +28,12 @@ import os
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from interpjax import Config
+from interpjax import Config, forward
 from interpjax.knockout import attention_knockout, attribute_rate, sublayer_knockout
-from interpjax.train import TrainConfig, init_params, make_optimizer, make_train_step
+from interpjax.plots import save_figure
+from interpjax.train import TrainConfig, train_in_memory
 from interpjax.worlds import facts
 
 QUICK = dict(n_subjects=40, n_relations=2, n_parts=12, layers=3, d_model=64, steps=600, batch=128, window=1)
@@ -46,16 +45,9 @@ def train(world, size, seed=0):
     D = size["d_model"]
     cfg = Config(vocab_size=world.vocab_size, d_model=D, n_layers=size["layers"], n_heads=4, d_head=D // 4,
                  d_mlp=4 * D, n_ctx=16, positions="learned", norm="layernorm", activation="gelu")
-    tc = TrainConfig(lr=3e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine", total_steps=size["steps"])
-    params = init_params(cfg, jax.random.PRNGKey(seed))
-    opt = make_optimizer(tc)
-    state = opt.init(params)
-    step = make_train_step(cfg, tc, opt)
+    tc = TrainConfig(lr=3e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine", total_steps=size["steps"], seed=seed)
     rng = np.random.default_rng(seed)
-    for _ in range(size["steps"]):
-        seq, loss_mask = facts.training_batch(world, size["batch"], rng)
-        params, state, _ = step(params, state, jnp.asarray(seq), jnp.asarray(loss_mask))
-    return cfg, params
+    return cfg, train_in_memory(cfg, tc, lambda step: facts.training_batch(world, size["batch"], rng), size["steps"])
 
 
 def all_facts(world, rng):
@@ -158,7 +150,7 @@ def main(argv=None):
     train_s = time.time() - t0
     rng = np.random.default_rng(args.seed + 1)
     (tokens, subj, answers), sid, rel = all_facts(world, rng)
-    logits = np.asarray(jax.jit(lambda p, t: __import__("interpjax").forward(cfg, p, t))(params, tokens))[:, -1]
+    logits = np.asarray(forward(cfg, params, tokens))[:, -1]
     recalled = logits.argmax(-1) == answers
     print(f"trained in {train_s:.0f}s: recalls {recalled.mean():.1%} of {len(answers)} facts")
     # analyse the facts the model recalls (as Geva et al. do), at most 256 prompts
@@ -223,9 +215,7 @@ def plot(result, n_layers, path):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

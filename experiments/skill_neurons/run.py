@@ -30,6 +30,7 @@ import numpy as np
 
 import interpjax
 from interpjax import skill_neurons as sn
+from interpjax.plots import save_figure
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parents[1].parent / "shared" / "models" / "llama2c-stories260k"
@@ -167,9 +168,7 @@ def plot(result, path):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

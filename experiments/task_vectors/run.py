@@ -27,13 +27,12 @@ import os
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from interpjax import Config
 from interpjax import task_vectors as tv
-from interpjax.train import TrainConfig, init_params, make_optimizer, make_train_step
+from interpjax.plots import save_figure
+from interpjax.train import TrainConfig, train_in_memory
 from interpjax.worlds import icl
 
 QUICK = dict(n_items=16, n_perms=1, layers=3, d_model=64, steps=800, batch=64, demos=3, n_eval=48)
@@ -47,16 +46,9 @@ def train(tasks, size, seed=0):
                  d_head=D // 4, d_mlp=4 * D, n_ctx=4 * size["demos"] + 8, positions="rotary", rotary_dim=D // 4,
                  norm="layernorm",
                  activation="gelu")
-    tc = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine", total_steps=size["steps"])
-    params = init_params(cfg, jax.random.PRNGKey(seed))
-    opt = make_optimizer(tc)
-    state = opt.init(params)
-    step = make_train_step(cfg, tc, opt)
+    tc = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine", total_steps=size["steps"], seed=seed)
     rng = np.random.default_rng(seed)
-    for _ in range(size["steps"]):
-        seq, loss_mask = icl.training_batch(tasks, size["batch"], size["demos"], rng)
-        params, state, _ = step(params, state, jnp.asarray(seq), jnp.asarray(loss_mask))
-    return cfg, params
+    return cfg, train_in_memory(cfg, tc, lambda step: icl.training_batch(tasks, size["batch"], size["demos"], rng), size["steps"])
 
 
 def evaluate_task(cfg, params, task, size, rng):
@@ -147,12 +139,6 @@ def main(argv=None):
     return result
 
 
-def _save(fig, path):
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-
-
 def plot(result, tasks, X, labels, out):
     import matplotlib
 
@@ -174,7 +160,7 @@ def plot(result, tasks, X, labels, out):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, out / "task_vectors.png")
+    save_figure(fig, out / "task_vectors.png")
     plt.close(fig)
     Xc = X - X.mean(0)
     _, _, vt = np.linalg.svd(Xc, full_matrices=False)
@@ -185,7 +171,7 @@ def plot(result, tasks, X, labels, out):
     ax.set(title=f"PCA of per-prompt task vectors (layer {result['pca_layer']})", xlabel="PC1", ylabel="PC2")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, out / "pca.png")
+    save_figure(fig, out / "pca.png")
     plt.close(fig)
 
 
