@@ -6,7 +6,8 @@ and the result keeps the leading ``L`` axis. Bad input (shape, count, NaN, label
 task) is a ``ValueError`` raised before any compute.
 
 Ridge is closed form: the Gram matrix of each cross-validation fold is eigendecomposed once, so
-every ridge strength costs only a rescaling; all folds x alphas x layers run in one program.
+every ridge strength costs only a rescaling; all folds x alphas x layers run in one program, whose
+eigendecompositions run one at a time (a batched CPU eigh can deadlock XLA's thread pool).
 Logistic and MLP probes are trained with optax on centred features divided by one scalar scale per
 layer (geometry preserved); the scaling is folded back into the stored weights, so a probe always
 acts on raw activations and its weight columns are directions in activation space.
@@ -185,58 +186,84 @@ def shuffled_control(y, seed: int = 0):
 # ridge
 
 
-def _ridge_basis(X_ND, Y_NK, w_N):
-    """Centred weighted ridge system of the rows with w_N = 1: (mx, my, Q, s, P) such that the
-    ridge solution for strength a is ``Q @ (P / (s + a)[:, None])`` (primal or dual form)."""
+def _ridge_gram(X_ND, Y_NK, w_N):
+    """Centred weighted ridge system of the rows with w_N = 1: (mx, my, Xc, Yc, G) with G the D x D
+    Gram matrix (primal form, D <= N) or the N x N kernel matrix (dual form)."""
     cnt = w_N.sum()
     mx = _mm(w_N, X_ND) / cnt
     my = _mm(w_N, Y_NK) / cnt
     Xc = (X_ND - mx) * w_N[:, None]
     Yc = (Y_NK - my) * w_N[:, None]
     N, D = X_ND.shape
-    if D <= N:  # primal: eigenvectors of the D x D Gram matrix
-        s, V = jnp.linalg.eigh(_mm(Xc.T, Xc))
-        Q, P = V, _mm(V.T, _mm(Xc.T, Yc))
+    G = _mm(Xc.T, Xc) if D <= N else _mm(Xc, Xc.T)
+    return mx, my, Xc, Yc, G
+
+
+def _ridge_basis(X_ND, Y_NK, w_N, s, E):
+    """(mx, my, Q, s, P) such that the ridge solution for strength a is ``Q @ (P / (s + a)[:, None])``,
+    given (s, E) = eigh of this weighted system's Gram / kernel matrix."""
+    mx, my, Xc, Yc, _ = _ridge_gram(X_ND, Y_NK, w_N)
+    if X_ND.shape[1] <= X_ND.shape[0]:  # primal: eigenvectors of the D x D Gram matrix
+        Q, P = E, _mm(E.T, _mm(Xc.T, Yc))
     else:  # dual: eigenvectors of the N x N kernel matrix
-        s, U = jnp.linalg.eigh(_mm(Xc, Xc.T))
-        Q, P = _mm(Xc.T, U), _mm(U.T, Yc)
+        Q, P = _mm(Xc.T, E), _mm(E.T, Yc)
     return mx, my, Q, jnp.maximum(s, 0.0), P
+
+
+def _fold_weights(fold_N, n_folds):
+    """[F + 1, N] row weights: the training rows of each fold, then all rows (the final refit)."""
+    train_FN = (fold_N[None] != jnp.arange(n_folds)[:, None]).astype(jnp.float32)
+    return jnp.concatenate([train_FN, jnp.ones_like(train_FN[:1])])
+
+
+def _eigh_one_at_a_time(G_BMM):
+    """eigh of each matrix of G [B, M, M], one LAPACK call at a time (``lax.map``, not a batched call).
+
+    jaxlib's CPU eigh splits a batch over XLA's intra-op thread pool and the calling pool thread
+    blocks until its batch is done; two batched eighs running at once (e.g. the CV folds and the
+    refit of a vmapped program) can thus occupy every pool thread with waiters and deadlock (seen on
+    2 cores). Serial unbatched calls never wait on the pool, and each matrix gets the very same
+    LAPACK call whatever the number of layers, so all-layers and per-layer fits agree."""
+    return jax.lax.map(jnp.linalg.eigh, G_BMM)
 
 
 @partial(jax.jit, static_argnums=(3,))
 def _ridge_layers(X_LND, Y_NK, fold_N, n_folds, alphas_A):
-    return jax.vmap(lambda x: _ridge_layer(x, Y_NK, fold_N, n_folds, alphas_A))(X_LND)
+    w_FN = _fold_weights(fold_N, n_folds)
+    G = jax.vmap(lambda x: jax.vmap(lambda w: _ridge_gram(x, Y_NK, w)[-1])(w_FN))(X_LND)  # [L, F+1, M, M]
+    L, F1, M = G.shape[:3]
+    s, E = _eigh_one_at_a_time(G.reshape(L * F1, M, M))
+    s_LFM, E_LFMM = s.reshape(L, F1, M), E.reshape(L, F1, M, M)
+    return jax.vmap(lambda x, s, E: _ridge_layer(x, Y_NK, w_FN, alphas_A, s, E))(X_LND, s_LFM, E_LFMM)
 
 
-def _ridge_layer(X_ND, Y_NK, fold_N, n_folds, alphas_A):
-    """Cross-validate every alpha over the folds, then refit on all rows with the best alpha."""
+def _ridge_layer(X_ND, Y_NK, w_FN, alphas_A, s_FM, E_FMM):
+    """Cross-validate every alpha over the folds, then refit on all rows with the best alpha
+    (the folds' and the refit's eigendecompositions given, in the order of ``_fold_weights``)."""
 
-    def fold_errors(f):
-        train = (fold_N != f).astype(jnp.float32)
-        mx, my, Q, s, P = _ridge_basis(X_ND, Y_NK, train)
+    def fold_errors(train, s, E):
+        mx, my, Q, s, P = _ridge_basis(X_ND, Y_NK, train, s, E)
         Z = _mm(X_ND - mx, Q)  # [N, M]
         coef_AMK = P[None] / (s[None, :, None] + alphas_A[:, None, None])
         pred_ANK = jnp.einsum("nm,amk->ank", Z, coef_AMK, precision=HIGHEST) + my
         err_AN = jnp.mean(jnp.square(pred_ANK - Y_NK), axis=-1)
         return jnp.sum(err_AN * (1.0 - train), axis=-1)  # held-out squared error per alpha
 
-    cv_mse = jax.vmap(fold_errors)(jnp.arange(n_folds)).sum(0) / X_ND.shape[0]
+    cv_mse = jax.vmap(fold_errors)(w_FN[:-1], s_FM[:-1], E_FMM[:-1]).sum(0) / X_ND.shape[0]
     # the strongest ridge among those within CV_RTOL of the best CV error: near-ties (common when the
     # noise is tiny) then resolve the same way whatever the float32 round-off of each program.
     near = cv_mse <= jnp.min(cv_mse) * (1.0 + CV_RTOL)
     alpha = jnp.max(jnp.where(near, alphas_A, -jnp.inf))
-    return _ridge_solve(X_ND, Y_NK, alpha), alpha, cv_mse
+    return _ridge_solve(X_ND, Y_NK, alpha, s_FM[-1], E_FMM[-1]), alpha, cv_mse
 
 
-def _ridge_solve(X_ND, Y_NK, alpha, refine: int = 2):
-    """Ridge weights and intercept on all rows for one alpha, with ``refine`` steps of iterative
-    refinement of the (primal or dual) linear system so float32 round-off stays near machine eps."""
-    mx, my = X_ND.mean(0), Y_NK.mean(0)
-    Xc, Yc = X_ND - mx, Y_NK - my
+def _ridge_solve(X_ND, Y_NK, alpha, s, E, refine: int = 2):
+    """Ridge weights and intercept on all rows for one alpha, given (s, E) = eigh of the all-rows
+    Gram / kernel matrix, with ``refine`` steps of iterative refinement of the (primal or dual)
+    linear system so float32 round-off stays near machine eps."""
+    mx, my, Xc, Yc, A = _ridge_gram(X_ND, Y_NK, jnp.ones(X_ND.shape[0], jnp.float32))
     primal = X_ND.shape[1] <= X_ND.shape[0]
-    A = _mm(Xc.T, Xc) if primal else _mm(Xc, Xc.T)  # Gram [D, D] or kernel [N, N]
     B = _mm(Xc.T, Yc) if primal else Yc
-    s, E = jnp.linalg.eigh(A)
     inv = 1.0 / (jnp.maximum(s, 0.0) + alpha)
     solve = lambda r: _mm(E, inv[:, None] * _mm(E.T, r))  # noqa: E731
     z = solve(B)
