@@ -5,7 +5,7 @@
     steered = model(tokens, interventions=Add("resid_pre", layer=6, vector=v, coeff=4.0))
 """
 
-from . import activations, generate, lens, probes, reading, steering, testing
+from . import activations, generate, lens, probes, reading, steering, sweep, testing
 from .config import Config
 from .interventions import Ablate, Add, AttentionKnockout, Custom, Patch, Project, Scale, compose
 from .loading import load_params, load_tokenizer, save_pretrained
@@ -16,6 +16,6 @@ from .sites import LAYER_SITES, SITES, list_sites, site_shape
 __all__ = [
     "Ablate", "Add", "AttentionKnockout", "Cache", "Config", "Custom", "LAYER_SITES", "Model", "Patch",
     "Project", "SITES", "Scale", "activations", "compose", "forward", "generate", "lens", "list_sites", "load",
-    "load_params", "load_tokenizer", "probes", "reading", "run_with_cache", "save_pretrained", "site_shape", "steering", "testing",
+    "load_params", "load_tokenizer", "probes", "reading", "run_with_cache", "save_pretrained", "site_shape", "steering", "sweep", "testing",
 ]
 __version__ = "0.1.0"
