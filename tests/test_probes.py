@@ -307,3 +307,41 @@ def test_bad_probe_use_raises(data, layered):
     for fn, msg in cases:
         with pytest.raises(ValueError, match=msg):
             fn()
+
+
+def test_ridge_program_runs_one_unbatched_eigh():
+    """The compiled all-layers ridge program holds a single eigh call on one [M, M] matrix (inside a
+    loop): a batched CPU eigh waits on XLA's thread pool, and two of them at once could deadlock it."""
+    X, Y, fold = np.zeros((3, 50, 8), np.float32), np.zeros((50, 2), np.float32), np.arange(50) % 5
+    hlo = P._ridge_layers.lower(X, Y, fold, 5, np.ones(4, np.float32)).compile().as_text()
+    calls = [line for line in hlo.splitlines() if "custom-call(" in line and "syevd" in line]
+    assert len(calls) == 1, calls
+    assert 'num_batch_dims="0"' in calls[0] and "f32[8,8]" in calls[0], calls[0]
+
+
+def test_all_layers_ridge_repeated_calls_finish_and_agree():
+    """Regression: the second all-layers fit in a process used to hang (batched eighs deadlocking the
+    CPU thread pool). Several fits in a row must finish, give identical results, and equal per-layer fits."""
+    import threading
+
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(7, 1000, 48)).astype(np.float32)
+    y = (X[3] @ rng.normal(size=(48, 2)) + 0.5 * rng.normal(size=(1000, 2))).astype(np.float32)
+    fits = []
+
+    def run():
+        for _ in range(4):
+            fits.append(jax.block_until_ready(P.fit_ridge(X, y)))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive() and len(fits) == 4, f"fit_ridge hung: {len(fits)} of 4 fits finished in 120 s"
+    for fit in fits[1:]:
+        for k in fit.params:
+            assert np.array_equal(np.asarray(fit.params[k]), np.asarray(fits[0].params[k]))
+    one = P.fit_ridge(X[3], y)
+    for k in one.params:
+        np.testing.assert_allclose(np.asarray(one.params[k]), np.asarray(fits[0].params[k][3]), atol=1e-5)
+    assert float(one.alpha) == float(fits[0].alpha[3])
+    assert float(P.score(one, X[3], y)) > 0.9
