@@ -5,7 +5,8 @@
     steered = model(tokens, interventions=Add("resid_pre", layer=6, vector=v, coeff=4.0))
 """
 
-from . import activations, generate, lens, probes, reading, steering, sweep, testing
+from . import (activations, attribution, das, generate, knockout, lens, probes, reading, skill_neurons, steering, sweep,
+               task_vectors, testing)
 from .config import Config
 from .interventions import Ablate, Add, AttentionKnockout, Custom, Patch, Project, Scale, compose
 from .loading import load_params, load_tokenizer, save_pretrained
@@ -14,8 +15,9 @@ from .modelobj import Model, load
 from .sites import LAYER_SITES, SITES, list_sites, site_shape
 
 __all__ = [
-    "Ablate", "Add", "AttentionKnockout", "Cache", "Config", "Custom", "LAYER_SITES", "Model", "Patch",
-    "Project", "SITES", "Scale", "activations", "compose", "forward", "generate", "lens", "list_sites", "load",
-    "load_params", "load_tokenizer", "probes", "reading", "run_with_cache", "save_pretrained", "site_shape", "steering", "sweep", "testing",
+    "Ablate", "Add", "AttentionKnockout", "Cache", "Config", "Custom", "LAYER_SITES", "Model", "Patch", "Project",
+    "SITES", "Scale", "activations", "attribution", "compose", "das", "forward", "generate", "knockout", "lens",
+    "list_sites", "load", "load_params", "load_tokenizer", "probes", "reading", "run_with_cache", "save_pretrained",
+    "site_shape", "skill_neurons", "steering", "sweep", "task_vectors", "testing",
 ]
 __version__ = "0.1.0"
