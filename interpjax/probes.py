@@ -273,6 +273,17 @@ def _ridge_solve(X_ND, Y_NK, alpha, s, E, refine: int = 2):
     return {"w": w, "b": my - _mm(mx, w)}
 
 
+def _single_threaded_blas():
+    """Context in which BLAS / LAPACK (OpenBLAS under numpy, scipy and jax's CPU eigh) use one thread.
+
+    XLA already runs the eigh calls on its own CPU thread pool; a multi-threaded OpenBLAS underneath
+    oversubscribes the cores and its spinning workers slowed each ridge fit 2-4x on a loaded 2-core
+    machine. The limit is process-wide while the context is open and restored on exit."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def fit_ridge(X, y, *, alphas=np.logspace(-3, 4, 15), folds: int = 5, seed: int = 0,
               layer_chunk: int | None = None) -> Probe:
     """Closed-form ridge regression (with intercept) of y [N] / [N, K] on X [N, D] or [L, N, D],
@@ -293,7 +304,8 @@ def fit_ridge(X, y, *, alphas=np.logspace(-3, 4, 15), folds: int = 5, seed: int 
     fold_N = jnp.asarray(np.random.default_rng(seed).permutation(n) % folds, jnp.int32)
     alphas_A = jnp.asarray(alphas, jnp.float32)
     run = lambda XL: _ridge_layers(XL, Y, fold_N, int(folds), alphas_A)  # noqa: E731
-    params, alpha, cv_mse = _over_layers(run, X, layer_chunk)
+    with _single_threaded_blas():  # the fit runs (and finishes) inside: ridge returns ready arrays
+        params, alpha, cv_mse = jax.block_until_ready(_over_layers(run, X, layer_chunk))
     return Probe(params=params, alpha=alpha, cv_mse=cv_mse, kind="ridge", task="regression", n_classes=None,
                  n_targets=Y.shape[1], d_in=X.shape[-1], n_layers=X.shape[0] if X.ndim == 3 else None,
                  squeeze=squeeze, alphas=tuple(float(a) for a in alphas))
