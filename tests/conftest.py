@@ -45,3 +45,13 @@ def tiny_model(tiny_checkpoint):
         return loaded[name]
 
     return get
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled executables after each test module: one long pytest process otherwise
+    accumulates thousands of them (each with its own code mappings)."""
+    yield
+    import jax
+
+    jax.clear_caches()
