@@ -165,8 +165,8 @@ def test_unsupported_architecture_and_fields(tiny_checkpoint, tmp_path):
     def with_config(name, **changes):
         return copy_with_config(folder, tmp_path / name, **changes)
 
-    with pytest.raises(ValueError, match="unsupported architecture 'bert'; supported model types: gpt2, gpt_neo"):
-        interpjax.convert.config_from_hf({"model_type": "bert"})
+    with pytest.raises(ValueError, match="unsupported architecture 't5'; supported model types: bert, gpt2, gpt_neo"):
+        interpjax.convert.config_from_hf({"model_type": "t5"})
     with pytest.raises(ValueError, match="rope type 'yarn' is not supported"):
         interpjax.load(with_config("yarn", rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}))
     with pytest.raises(ValueError, match="config field pretraining_tp=2 is not supported"):
