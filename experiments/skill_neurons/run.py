@@ -84,7 +84,8 @@ def decoder_setting(model_path, quick, seed):
                                lambda ivs: pronoun_accuracy(model, tokens[te], mask[te], labels[te], ids, ivs),
                                len(te), tokens.shape[1], FRACTIONS[::2] if quick else FRACTIONS, 3 if quick else 8,
                                seed)
-    return {"model": str(model_path.name if isinstance(model_path, Path) else model_path), "task": "pronoun she/he",
+    name = Path(model_path).name if Path(model_path).exists() else str(model_path)  # never a machine path
+    return {"model": name, "task": "pronoun she/he",
             "n_train": len(tr), "n_test": len(te), "clean_accuracy": clean, "curve": curve,
             "top_neurons": found["neurons"].tolist(), "top_scores": found["scores"].tolist(),
             "n_neurons": int(np.prod(found["predictivity"]["score"].shape))}
