@@ -35,7 +35,7 @@ from flax import struct
 
 from . import model as M
 from .config import Config
-from .train import TrainConfig, _atomic_write, make_optimizer
+from .train import TrainConfig, _atomic_write, make_optimizer, restore_latest
 
 F32 = jnp.float32
 COLOR_BY = ("prob", "entropy")
@@ -420,11 +420,8 @@ class TunedLensTrainer:
         self.step = 0
         self.ckpt = ocp.CheckpointManager(self.workdir.resolve() / "ckpt",
                                           options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-        latest = self.ckpt.latest_step()
+        restored, latest = restore_latest(self.ckpt, {"arrays": self.arrays, "opt_state": self.opt_state})
         if latest is not None:
-            state = {"arrays": self.arrays, "opt_state": self.opt_state}
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            restored = self.ckpt.restore(latest, args=ocp.args.StandardRestore(abstract))
             self.arrays, self.opt_state, self.step = restored["arrays"], restored["opt_state"], latest
             self._truncate_log(latest)
 

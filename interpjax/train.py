@@ -149,6 +149,18 @@ def _atomic_write(path: Path, text: str):
     os.replace(tmp, path)
 
 
+def restore_latest(ckpt, state: dict):
+    """(restored state, step) from an orbax CheckpointManager's latest step, shaped like ``state``;
+    (state, None) when there is no checkpoint yet."""
+    import orbax.checkpoint as ocp
+
+    latest = ckpt.latest_step()
+    if latest is None:
+        return state, None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return ckpt.restore(latest, args=ocp.args.StandardRestore(abstract)), latest
+
+
 class Trainer:
     """Runs ``train step`` over ``batch_fn(step)`` with periodic orbax checkpoints in ``workdir``;
     a new Trainer on the same workdir resumes from the latest checkpoint and loses no steps.
@@ -183,11 +195,8 @@ class Trainer:
         self.step = 0
         self.ckpt = ocp.CheckpointManager(self.workdir.resolve() / "ckpt",
                                           options=ocp.CheckpointManagerOptions(max_to_keep=keep_checkpoints, create=True))
-        latest = self.ckpt.latest_step()
+        restored, latest = restore_latest(self.ckpt, {"params": self.params, "opt_state": self.opt_state})
         if latest is not None:
-            state = {"params": self.params, "opt_state": self.opt_state}
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            restored = self.ckpt.restore(latest, args=ocp.args.StandardRestore(abstract))
             self.params, self.opt_state, self.step = restored["params"], restored["opt_state"], latest
             self._truncate_log(latest)
 
