@@ -17,6 +17,12 @@ task from the demonstrations. Then:
 
     python experiments/task_vectors/run.py --quick      # CI smoke run
     python experiments/task_vectors/run.py              # full mode (README numbers)
+    python experiments/task_vectors/run.py --model gpt2 [--tasks antonym,copy] [--demos 5] [--n-eval 40]
+
+With ``--model`` (a local folder or hub id) the same measurements run on a pretrained LM over the
+built-in word tasks of ``interpjax.worlds.word_tasks`` (antonyms, country -> capital, uppercase,
+next letter, next number word, copy, past tense; prompts ``x1 -> y1\\n ... xq ->``, the answer is
+the first token of `` y``); results go to ``--out/model-<folder name or hub id>/``.
 """
 
 from __future__ import annotations
@@ -51,38 +57,39 @@ def train(tasks, size, seed=0):
     return cfg, train_in_memory(cfg, tc, lambda step: icl.training_batch(tasks, size["batch"], size["demos"], rng), size["steps"])
 
 
-def evaluate_task(cfg, params, task, size, rng):
-    """Every measurement for one task; dev/test splits of the zero-shot queries."""
-    n, k = size["n_eval"], size["demos"]
-    icl_tok, icl_ans, _ = icl.icl_prompts(task, k, n, rng)
-    src_tok, _, _ = icl.icl_prompts(task, k, n, rng)  # prompts the vectors are built from
-    zs_tok, zs_ans, _ = icl.icl_prompts(task, 0, n, rng)
-    vectors = tv.task_vectors(cfg, params, src_tok)  # [L, D]
+def evaluate_task(cfg, params, task, n, k, make):
+    """Every measurement for one task; dev/test splits of the zero-shot queries. ``make(task, k, n)``
+    returns ICL prompts (tokens, answers, attention mask or None) with k demonstrations."""
+    icl_tok, icl_ans, icl_mask = make(task, k, n)
+    src_tok, _, src_mask = make(task, k, n)  # prompts the vectors are built from
+    zs_tok, zs_ans, zs_mask = make(task, 0, n)
+    vectors = tv.task_vectors(cfg, params, src_tok, src_mask)  # [L, D]
     half = n // 2
-    dev = tv.patch_accuracy(cfg, params, zs_tok[:half], zs_ans[:half], vectors)
-    test = tv.patch_accuracy(cfg, params, zs_tok[half:], zs_ans[half:], vectors)
+    rows = lambda m, sl: None if m is None else m[sl]  # noqa: E731
+    dev = tv.patch_accuracy(cfg, params, zs_tok[:half], zs_ans[:half], vectors, rows(zs_mask, slice(None, half)))
+    test = tv.patch_accuracy(cfg, params, zs_tok[half:], zs_ans[half:], vectors, rows(zs_mask, slice(half, None)))
     best = int(np.argmax(dev))
-    fv = tv.add_accuracy(cfg, params, zs_tok, zs_ans, tv.function_vectors(cfg, params, src_tok))
+    fv = tv.add_accuracy(cfg, params, zs_tok, zs_ans, tv.function_vectors(cfg, params, src_tok, src_mask), zs_mask)
     ids, _ = tv.top_tokens(cfg, params, vectors[best], k=5)
     return {
         "kind": task.kind,
-        "regular": tv.accuracy(cfg, params, icl_tok[half:], icl_ans[half:]),
-        "baseline": tv.accuracy(cfg, params, zs_tok[half:], zs_ans[half:]),
+        "regular": tv.accuracy(cfg, params, icl_tok[half:], icl_ans[half:], rows(icl_mask, slice(half, None))),
+        "baseline": tv.accuracy(cfg, params, zs_tok[half:], zs_ans[half:], rows(zs_mask, slice(half, None))),
         "task_vector": float(test[best]),
         "best_layer": best,
         "task_vector_by_layer": test.tolist(),
         "function_vector_by_layer": fv.tolist(),
-        "truncated_by_k": tv.truncated_accuracy(cfg, params, icl_tok, icl_ans).tolist(),
+        "truncated_by_k": tv.truncated_accuracy(cfg, params, icl_tok, icl_ans, icl_mask).tolist(),
         "top_tokens": [int(i) for i in ids],
     }
 
 
-def per_prompt_vectors(cfg, params, tasks, size, layer, rng, n=40):
+def per_prompt_vectors(cfg, params, tasks, k, layer, make, n=40):
     """Task vectors of single ICL prompts at ``layer`` (for the PCA plot): [tasks * n, D]."""
     rows, labels = [], []
     for i, task in enumerate(tasks):
-        tok, _, _ = icl.icl_prompts(task, size["demos"], n, rng)
-        rows.append(tv.last_position_states(cfg, params, tok)[layer])
+        tok, _, mask = make(task, k, n)
+        rows.append(tv.last_position_states(cfg, params, tok, mask)[layer])
         labels += [i] * n
     return np.concatenate(rows), np.asarray(labels)
 
@@ -97,45 +104,120 @@ def task_identity_probe(X, labels, n_tasks, seed=0):
     return np.asarray(probes.score(probe, X[:, te], labels[te])).tolist()
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    size = QUICK if args.quick else FULL
-    out = args.out / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    tasks = icl.make_tasks(size["n_items"], size["n_perms"], seed=args.seed)
-    cfg, params = train(tasks, size, args.seed)
-    train_s = time.time() - t0
-    rng = np.random.default_rng(args.seed + 1)
-    per_task = {t.name: evaluate_task(cfg, params, t, size, rng) for t in tasks}
+def analyse(cfg, params, tasks, n, k, make, seed, n_pca):
+    """Per-task measurements, the PCA vectors at the most common best layer and the task-identity
+    probe by layer; returns (result dict, X, labels) for the plots."""
+    per_task = {t.name: evaluate_task(cfg, params, t, n, k, make) for t in tasks}
     layers = [r["best_layer"] for r in per_task.values()]
     pca_layer = int(np.bincount(layers).argmax())
-    X, labels = per_prompt_vectors(cfg, params, tasks, size, pca_layer, rng)
-    X_all, labels_all = per_prompt_vectors(cfg, params, tasks, size, slice(None), rng)
+    X, labels = per_prompt_vectors(cfg, params, tasks, k, pca_layer, make, n_pca)
+    X_all, labels_all = per_prompt_vectors(cfg, params, tasks, k, slice(None), make, n_pca)
     X_all = np.moveaxis(X_all.reshape(len(tasks), cfg.n_layers, -1, cfg.d_model), 1, 0).reshape(cfg.n_layers, -1,
                                                                                                cfg.d_model)
-    probe_acc = task_identity_probe(X_all, labels_all, len(tasks), args.seed)
-    result = {"size": size, "train_seconds": train_s, "tasks": per_task, "pca_layer": pca_layer,
+    probe_acc = task_identity_probe(X_all, labels_all, len(tasks), seed)
+    result = {"tasks": per_task, "pca_layer": pca_layer,
               "task_probe_accuracy_by_layer": probe_acc, "task_probe_chance": 1 / len(tasks),
               "mean": {key: float(np.mean([r[key] for r in per_task.values()]))
                        for key in ("regular", "baseline", "task_vector")}}
+    return result, X, labels
+
+
+def model_label(name: str) -> str:
+    """What a ``--model`` is recorded as: a local folder's own name (never its path) or the hub id
+    with "/" as "--" (also the results sub-folder, prefixed "model-")."""
+    path = Path(name)
+    if path.exists():
+        return path.resolve().name
+    return name.strip("/").replace("/", "--")
+
+
+def pretrained(args):
+    """The same measurements on a pretrained LM with the built-in word tasks (interpjax.worlds.word_tasks)."""
+    import interpjax
+    from interpjax.worlds import word_tasks
+
+    k = args.demos if args.demos is not None else (3 if args.quick else 5)
+    n = args.n_eval if args.n_eval is not None else (16 if args.quick else 40)
+    if n < 4:
+        raise ValueError(f"--n-eval={n}: need at least 4 prompts (dev and test halves)")
+    tasks = word_tasks.make_tasks(args.tasks.split(",") if args.tasks else None)
+    for task in tasks:  # fail before loading the model
+        word_tasks.check_counts(task, k, n)
+    label = model_label(args.model)
+    out = args.out / f"model-{label}"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    model = interpjax.load(args.model)
+    if model.tokenizer is None:
+        raise ValueError(f"model {label!r} has no tokenizer; the word tasks need one")
+    load_s = time.time() - t0
+    rng = np.random.default_rng(args.seed + 1)
+
+    def make(task, n_demos, n_prompts):
+        tok, mask, ans, _ = word_tasks.build_prompts(model, task, n_demos, n_prompts, rng)
+        if tok.shape[1] > model.cfg.n_ctx:
+            raise ValueError(f"prompts of {tok.shape[1]} tokens exceed the model's n_ctx={model.cfg.n_ctx}; "
+                             "use fewer --demos")
+        return tok, ans, mask
+
+    result, X, labels = analyse(model.cfg, model.params, tasks, n, k, make, args.seed, n)
+    for r in result["tasks"].values():
+        r["top_token_strings"] = [model.to_string([i]) for i in r["top_tokens"]]
+    result = {"model": label, "demos": k, "n_eval": n, "template": word_tasks.prompt_text([("x1", "y1"), ("xk", "yk")], "xq"),
+              "answer": "first token of ' y' as tokenized after the prompt", "load_seconds": load_s, **result}
+    return result, tasks, X, labels, out, t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", default=None, help="a pretrained LM (folder or hub id) run on word tasks "
+                    "instead of the model trained here")
+    ap.add_argument("--tasks", default=None, help="comma-separated word tasks for --model (default: all)")
+    ap.add_argument("--demos", type=int, default=None, help="demonstrations per ICL prompt for --model (default 5; quick 3)")
+    ap.add_argument("--n-eval", type=int, default=None, help="prompts per task for --model (default 40; quick 16)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.model is None and (args.tasks, args.demos, args.n_eval) != (None, None, None):
+        ap.error("--tasks, --demos and --n-eval apply to --model only")
+    if args.model:
+        result, tasks, X, labels, out, t0 = pretrained(args)
+        header = f"model {result['model']} ({result['demos']} demos, {result['n_eval']} prompts per task)"
+    else:
+        size = QUICK if args.quick else FULL
+        out = args.out / ("quick" if args.quick else "full")
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        tasks = icl.make_tasks(size["n_items"], size["n_perms"], seed=args.seed)
+        cfg, params = train(tasks, size, args.seed)
+        train_s = time.time() - t0
+        rng = np.random.default_rng(args.seed + 1)
+
+        def make(task, k, n):
+            tok, ans, _ = icl.icl_prompts(task, k, n, rng)
+            return tok, ans, None
+
+        analysed, X, labels = analyse(cfg, params, tasks, size["n_eval"], size["demos"], make, args.seed, 40)
+        result = {"size": size, "train_seconds": train_s, **analysed}
+        header = f"trained in {train_s:.0f}s"
     result["total_seconds"] = time.time() - t0
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out / "results.json")
     plot(result, tasks, X, labels, out)
-    print(f"trained in {train_s:.0f}s")
-    print(f"{'task':8s} {'kind':11s} regular baseline task-vector (layer)")
-    for name, r in per_task.items():
-        print(f"{name:8s} {r['kind']:11s} {r['regular']:7.2f} {r['baseline']:8.2f} {r['task_vector']:11.2f} ({r['best_layer']})")
+    print(header)
+    w = max(8, *(len(t) for t in result["tasks"]))
+    print(f"{'task':{w}s} {'kind':11s} regular baseline task-vector (layer)")
+    for name, r in result["tasks"].items():
+        print(f"{name:{w}s} {r['kind']:11s} {r['regular']:7.2f} {r['baseline']:8.2f} {r['task_vector']:11.2f} "
+              f"({r['best_layer']})")
     m = result["mean"]
-    print(f"{'mean':20s} {m['regular']:7.2f} {m['baseline']:8.2f} {m['task_vector']:11.2f}")
+    print(f"{'mean':{w + 12}s} {m['regular']:7.2f} {m['baseline']:8.2f} {m['task_vector']:11.2f}")
+    probe_acc = result["task_probe_accuracy_by_layer"]
     print("task read from the last ICL position by a linear probe, by layer: "
           + " ".join(f"{a:.2f}" for a in probe_acc) + f" (chance {1 / len(tasks):.2f})")
+    print(f"total {result['total_seconds']:.0f}s; results in {out}")
     return result
 
 
@@ -153,8 +235,10 @@ def plot(result, tasks, X, labels, out):
     axes[1].set(title="MLP output o_L added into zero-shot", xlabel="layer")
     extractive = [r["truncated_by_k"] for r in result["tasks"].values() if r["kind"] == "extractive"]
     abstractive = [r["truncated_by_k"] for r in result["tasks"].values() if r["kind"] == "abstractive"]
-    axes[2].plot(np.mean(extractive, 0), marker="o", label="extractive (copy)")
-    axes[2].plot(np.mean(abstractive, 0), marker="o", label="abstractive")
+    if extractive:
+        axes[2].plot(np.mean(extractive, 0), marker="o", label="extractive (copy)")
+    if abstractive:
+        axes[2].plot(np.mean(abstractive, 0), marker="o", label="abstractive")
     axes[2].set(title="ICL accuracy with the last k layers dropped", xlabel="k", ylabel="accuracy")
     for ax in axes:
         ax.legend(fontsize=7)

@@ -1,0 +1,113 @@
+"""Word ICL tasks for pretrained LMs and the task-vector experiment's ``--model`` path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, STORIES, needs_stories
+
+from interpjax.worlds import word_tasks
+
+
+def test_tasks_are_well_formed():
+    tasks = word_tasks.make_tasks()
+    assert [t.name for t in tasks] == list(word_tasks.TASK_NAMES)
+    for t in tasks:
+        assert len(t.pairs) >= 30 and t.kind in ("extractive", "abstractive")
+        assert len({x for x, _ in t.pairs}) == len(t.pairs)  # one answer per input
+    by = {t.name: t for t in tasks}
+    assert by["copy"].kind == "extractive" and all(x == y for x, y in by["copy"].pairs)
+    assert ("three", "four") in by["next_number"].pairs and ("twenty-nine", "thirty") in by["next_number"].pairs
+    assert ("hot", "cold") in by["antonym"].pairs and ("go", "went") in by["past_tense"].pairs
+    assert all(y == x.upper() != x for x, y in by["uppercase"].pairs)
+    assert ("France", "Paris") in by["country_capital"].pairs
+
+
+def test_bad_task_names_and_too_few_examples():
+    with pytest.raises(ValueError, match="valid: antonym"):
+        word_tasks.make_tasks(["antonyms"])
+    with pytest.raises(ValueError, match="twice"):
+        word_tasks.make_tasks(["copy", "copy"])
+    tiny = word_tasks.WordTask("tiny", "abstractive", (("a", "b"), ("c", "d"), ("e", "f")))
+    word_tasks.check_counts(tiny, 2, 3)  # 2 demos + 1 query from 3 pairs, 3 distinct queries
+    with pytest.raises(ValueError, match="too few"):
+        word_tasks.check_counts(tiny, 3, 1)
+    with pytest.raises(ValueError, match="too few"):
+        word_tasks.check_counts(tiny, 1, 4)
+    with pytest.raises(ValueError, match="too few"):  # raised before any tokenization
+        word_tasks.build_prompts(None, tiny, 5, 2, np.random.default_rng(0))
+
+
+def test_prompt_text_template():
+    assert word_tasks.prompt_text([("hot", "cold"), ("big", "small")], "fast") == "hot -> cold\nbig -> small\nfast ->"
+    assert word_tasks.prompt_text([], "fast") == "fast ->"
+
+
+@needs_stories
+def test_build_prompts_left_padded_first_token_answers():
+    import interpjax
+
+    model = interpjax.load(STORIES)
+    tok = model.tokenizer
+    task = word_tasks.make_tasks(["antonym"])[0]
+    with pytest.raises(ValueError, match="too few"):
+        word_tasks.build_prompts(model, task, len(task.pairs), 2, np.random.default_rng(0))
+    tokens, mask, answers, q = word_tasks.build_prompts(model, task, 3, 12, np.random.default_rng(0))
+    assert tokens.shape == mask.shape and tokens.shape[0] == 12 and answers.shape == (12,)
+    assert len(set(q.tolist())) == 12  # distinct queries
+    assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()  # left-padded, lengths differ
+    for row, m, a, qi in zip(tokens, mask, answers, q):
+        assert (np.diff(m) >= 0).all()  # padding only on the left
+        ids = row[m == 1].tolist()
+        text = tok.decode(ids, skip_special_tokens=True)
+        x, y = task.pairs[qi]
+        assert text.endswith(f"{x} ->") and text.count("\n") == 3
+        demos = [line.split(" -> ") for line in text.split("\n")[:-1]]
+        assert all(tuple(d) in task.pairs and d[0] != x for d in demos)
+        # the answer is the first token of " y" as it follows the prompt
+        full = tok(text + " " + y, add_special_tokens=False)["input_ids"]
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        assert full[:len(prompt)] == prompt and a == full[len(prompt)]
+        assert tok.decode(full[len(prompt):]).strip() == y
+    zs, zmask, zans, zq = word_tasks.build_prompts(model, task, 0, 5, np.random.default_rng(1))
+    for row, m, qi in zip(zs, zmask, zq):
+        assert tok.decode(row[m == 1].tolist(), skip_special_tokens=True) == f"{task.pairs[qi][0]} ->"
+
+
+@pytest.mark.slow
+@needs_stories
+def test_run_model_quick_writes_results(tmp_path):
+    cmd = [sys.executable, str(REPO / "experiments/task_vectors/run.py"), "--model", str(STORIES), "--quick",
+           "--tasks", "copy,antonym,next_number", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / f"model-{STORIES.name}"
+    res = json.loads((folder / "results.json").read_text())
+    assert res["model"] == STORIES.name and "/" not in res["model"]  # never a machine path
+    assert str(tmp_path) not in (folder / "results.json").read_text()
+    assert set(res["tasks"]) == {"copy", "antonym", "next_number"}
+    n_layers = 5
+    for r in res["tasks"].values():
+        assert set(r) >= {"kind", "regular", "baseline", "task_vector", "best_layer", "task_vector_by_layer",
+                          "function_vector_by_layer", "truncated_by_k", "top_tokens", "top_token_strings"}
+        assert len(r["task_vector_by_layer"]) == len(r["function_vector_by_layer"]) == n_layers
+        assert len(r["truncated_by_k"]) == n_layers and len(r["top_token_strings"]) == 5
+        assert r["task_vector"] == r["task_vector_by_layer"][r["best_layer"]]
+        assert all(0 <= v <= 1 for v in (r["regular"], r["baseline"], r["task_vector"]))
+    assert res["tasks"]["copy"]["kind"] == "extractive"
+    assert len(res["task_probe_accuracy_by_layer"]) == n_layers
+    assert (folder / "task_vectors.png").stat().st_size > 0 and (folder / "pca.png").stat().st_size > 0
+
+
+def test_run_rejects_bad_model_options(tmp_path):
+    run = str(REPO / "experiments/task_vectors/run.py")
+    out = subprocess.run([sys.executable, run, "--quick", "--tasks", "copy", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--model only" in out.stderr
+    out = subprocess.run([sys.executable, run, "--model", "no-such-model-anywhere", "--tasks", "copy",
+                          "--n-eval", "1000", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "too few" in out.stderr  # checked before loading the model
