@@ -111,3 +111,41 @@ def test_run_rejects_bad_model_options(tmp_path):
     out = subprocess.run([sys.executable, run, "--model", "no-such-model-anywhere", "--tasks", "copy",
                           "--n-eval", "1000", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "too few" in out.stderr  # checked before loading the model
+
+
+class _PairTokenizer:
+    """A toy tokenizer: fixed two-character chunks, so token boundaries can straddle prompt | answer."""
+
+    def __init__(self):
+        self.vocab = {}
+
+    def __call__(self, text, add_special_tokens=False):
+        chunks = [text[i:i + 2] for i in range(0, len(text), 2)]
+        return {"input_ids": [self.vocab.setdefault(c, len(self.vocab)) for c in chunks]}
+
+    def decode(self, ids):
+        inv = {v: k for k, v in self.vocab.items()}
+        return "".join(inv[i] for i in ids)
+
+
+def test_answer_token_in_context_and_across_a_merged_boundary():
+    tok = _PairTokenizer()
+    # "hot ->" = "ho" "t " "->", then " c" "ol" "d": the prompt's tokens are a prefix
+    assert tok.decode([word_tasks.answer_token(tok, "hot ->", "cold")]) == " c"
+    # "ab ->" = "ab" " -" ">", but "ab -> cold" = ... "> " "co" "ld": falls back to " cold" alone
+    assert tok.decode([word_tasks.answer_token(tok, "ab ->", "cold")]) == " c"
+    # whitespace-only leading tokens of the answer alone are skipped
+    assert tok.decode([word_tasks.answer_token(tok, "ab ->", " cold")]) == "co"
+
+
+def test_model_label_never_records_a_path(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tv_run", REPO / "experiments/task_vectors/run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert run.model_label(str(folder)) == "my-model" and run.model_label(str(folder) + "/") == "my-model"
+    assert run.model_label("gpt2") == "gpt2"
+    assert run.model_label("openai-community/gpt2") == "openai-community--gpt2"
