@@ -262,8 +262,12 @@ def _record_shape(cfg: Config, site: str, B: int, T: int, S: int):
 
 def _run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple, layers: tuple,
                 start: int = 0, stop: int | None = None, past_kv=None, return_kv: bool = False,
-                remat: bool = False):
+                remat: bool = False, first=None):
     """Run layers ``start..stop-1`` (static) on the residual ``x_BTD`` of T positions.
+
+    ``first``: an optional traced layer index; layers below it pass ``x`` through unchanged (a
+    ``lax.cond`` per layer), so one compiled program serves every start layer (the sweep engine
+    packs variants that start at different layers into one program this way).
 
     ``past_kv``: (k, v) [stop-start, B, S0, K, H] post-rotary keys/values of earlier positions for
     those layers, attended before the new positions (``ctx`` must describe S0 + T keys). Layer
@@ -273,6 +277,8 @@ def _run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple
     stop = cfg.n_layers if stop is None else stop
     if not 0 <= start < stop <= cfg.n_layers:
         raise ValueError(f"layer range {start}..{stop - 1} is not inside 0..{cfg.n_layers - 1}")
+    if first is not None and (record or return_kv or remat):
+        raise ValueError("a dynamic first layer cannot record activations, return keys/values or remat")
     outside = [l for l in layers if not start <= l < stop]
     if outside:
         raise ValueError(f"cannot record layers {outside}: only layers {start}..{stop - 1} run here")
@@ -294,7 +300,10 @@ def _run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple
             if layer_record:
                 raise ValueError("remat=True cannot record layer activations")
             run = jax.checkpoint(run)
-        y, kv = run(p, x, window, past)
+        if first is None:
+            y, kv = run(p, x, window, past)
+        else:
+            y, kv = jax.lax.cond(idx >= first, lambda: run(p, x, window, past)[0], lambda: x), None
         out = {"kv": kv} if return_kv else {}
         if all_layers:
             out.update(seen)

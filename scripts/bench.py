@@ -475,33 +475,27 @@ def sweep_grid(bc, quick: bool):
 def interpjax_side(workload: str, cfg, params, bc, quick: bool = False) -> dict:
     """The interpjax idioms of ``workload``: {name: (run, warm)}; ``run()`` returns the result arrays.
 
-    W1/W2 are plain ``jax.vmap`` over interpjax interventions (``Add`` / ``Patch`` with the layer as a
-    vmapped array) inside ``lax.map`` over layers, compiled once; the metric reads only the final
-    residual at the last position and the two unembedding rows it needs (the full-vocabulary logits
-    are dead code that XLA removes). This is the place to switch to ``interpjax.sweep`` once it lands.
-    W3 is ``run_with_cache`` under jit with the unused logits dropped.
+    W1/W2 are what a user writes: ``interpjax.sweep.steering`` / ``interpjax.sweep.patching``
+    (grid -> ``sweep``: the base run is cached, each variant starts at its first edited layer and,
+    for patching, its first edited position; one compiled program serves every start layer; the
+    metric reads two logits at the last position, never the full vocabulary). W3 is
+    ``run_with_cache`` under jit with the unused logits dropped.
     """
     import jax
     import jax.numpy as jnp
 
     import interpjax
-    from interpjax import Add, Patch
+    from interpjax import sweep as sw
 
     inp = bcm.workload_inputs(bc)
     layers, coefs, positions = sweep_grid(bc, quick)
     A, Bt = bc.TOKEN_A, bc.TOKEN_B
+    model = (cfg, params)
 
-    def metric_from_final(params, final_BTD):
-        """mean_b logits[b, -1, A] - logits[b, -1, B] from the final-norm residual (tied unembedding)."""
-        w_2D = params["embed"]["tok"][jnp.array([A, Bt])]
-        if not cfg.tie_embeddings:
-            raise ValueError("the benchmark model ties its unembedding")
-        logit_B2 = final_BTD[:, -1] @ w_2D.T
-        return jnp.mean(logit_B2[:, 0] - logit_B2[:, 1])
-
-    def final_under(params, tokens, iv):
-        _, cache = interpjax.run_with_cache(cfg, params, tokens, sites=["final"], interventions=iv)
-        return cache["final"]
+    def metric(out):
+        """mean_b logits[b, -1, A] - logits[b, -1, B]."""
+        lg = out.logits(-1, (A, Bt))
+        return jnp.mean(lg[:, 0] - lg[:, 1])
 
     if workload == "W0":
         fns = {}
@@ -512,35 +506,21 @@ def interpjax_side(workload: str, cfg, params, bc, quick: bool = False) -> dict:
         return fns
 
     if workload == "W1":
-        clean, v = jnp.asarray(inp["clean"]), jnp.asarray(inp["steer"])
+        clean, v = np.asarray(inp["clean"]), np.asarray(inp["steer"])
 
-        @jax.jit
-        def steer_grid(params, tokens, v_D, layers_L, coefs_C):
-            def one(layer, coeff):
-                iv = Add("resid_pre", layer=layer, vector=v_D, coeff=coeff)
-                return metric_from_final(params, final_under(params, tokens, iv))
+        def run():
+            return sw.steering(model, clean, v, coefs, metric, layers=layers, progress=False).values
 
-            return jax.lax.map(lambda l: jax.vmap(lambda c: one(l, c))(coefs_C), layers_L)  # [L, C]
-
-        args = (params, clean, v, jnp.asarray(layers), jnp.asarray(coefs))
-        return {"vmap(Add) over coefs, lax.map over layers": (lambda: steer_grid(*args), None)}
+        return {"sweep.steering (layers x coefs)": (run, None)}
 
     if workload == "W2":
-        clean, corrupted = jnp.asarray(inp["clean"]), jnp.asarray(inp["corrupted"])
+        clean, corrupted = np.asarray(inp["clean"]), np.asarray(inp["corrupted"])
 
-        @jax.jit
-        def patch_grid(params, clean_BT, corrupted_BT, layers_L, positions_P):
-            _, cc = interpjax.run_with_cache(cfg, params, clean_BT, sites=["resid_pre"])
-            clean_LBTD = cc["resid_pre"]
+        def run():
+            return sw.patching(model, clean, corrupted, metric, site="resid_pre", layers=layers,
+                               positions=positions, progress=False).values
 
-            def one(layer, pos):
-                iv = Patch("resid_pre", layer=layer, value=clean_LBTD[layer], positions=pos[None])
-                return metric_from_final(params, final_under(params, corrupted_BT, iv))
-
-            return jax.lax.map(lambda l: jax.vmap(lambda p: one(l, p))(positions_P), layers_L)  # [L, P]
-
-        args = (params, clean, corrupted, jnp.asarray(layers), jnp.asarray(positions))
-        return {"vmap(Patch) over positions, lax.map over layers": (lambda: patch_grid(*args), None)}
+        return {"sweep.patching (layers x positions)": (run, None)}
 
     if workload == "W3":
         toks = jnp.asarray(inp["cache_tokens"])
@@ -566,7 +546,8 @@ def run_interpjax(workload: str, cfg, params, bc, args) -> dict:
     """Time the interpjax idioms of one workload by the same protocol as the peers."""
     import jax
 
-    res = {"lib": "interpjax", "workload": workload, "idioms": {}, "load_average_start": load_average()}
+    res = {"lib": "interpjax", "workload": workload, "idioms": {}, "load_average_start": load_average(),
+           "model_bytes": sum(int(a.nbytes) for a in jax.tree.leaves(params))}
     if workload != "W0":
         seq = bc.T_CACHE if workload == "W3" else bc.T
         toks = jax.numpy.asarray(bc.tokens(bc.B, seq, bc.TOKEN_SEED))
@@ -714,6 +695,13 @@ def summarize_sweeps(all_res: dict, bc, peak: float, args, peak_cpu: float = 0.0
                      "warmup_s": r["warmup_s"], "cpu_s_median": r.get("cpu_s_median"),
                      "peak_rss_mib": r["peak_rss_increase_bytes"] / 2 ** 20,
                      "forward_equivalents": r.get("forward_equivalents"), "cpu_share": r.get("cpu_share")}
+                if w == "W3":  # the model resident (params / RSS growth while loading) + the run's peak growth
+                    model_b = res.get("model_bytes", res.get("model_rss_bytes"))
+                    if model_b:
+                        need = bcm.cache_bytes(bc) + bcm.param_bytes(bc)
+                        e["model_mib"] = model_b / 2 ** 20
+                        e["peak_over_acts_plus_params"] = (model_b + r["peak_rss_increase_bytes"]) / need
+                        e["increase_over_acts"] = r["peak_rss_increase_bytes"] / bcm.cache_bytes(bc)
                 r_ref = ref
                 if w == "W0":  # each forward shape against the transformers forward of the same shape
                     same = [v for k, v in ref_lib.get("idioms", {}).items() if k.split()[-1] == name.split()[-1]]
@@ -775,6 +763,15 @@ def summarize_sweeps(all_res: dict, bc, peak: float, args, peak_cpu: float = 0.0
             for e in entries],
             ["", "median s", "min s", "CPU s", "warm-up s", "fwd equiv", "useful/peak", "useful/peak (CPU)", "peak RSS MiB", "rel diff",
              "interpjax speedup (wall / CPU)"])
+        if w == "W3":
+            need = (bcm.cache_bytes(bc) + bcm.param_bytes(bc)) / 2 ** 20
+            print(f"W3 memory: activations asked for {bcm.cache_bytes(bc) / 2 ** 20:.0f} MiB + params "
+                  f"{bcm.param_bytes(bc) / 2 ** 20:.0f} MiB = {need:.0f} MiB")
+            for e in entries:
+                if "peak_over_acts_plus_params" in e:
+                    print(f"  {e['lib']}: model {e['model_mib']:.0f} MiB + peak increase {e['peak_rss_mib']:.0f} MiB "
+                          f"= {e['peak_over_acts_plus_params']:.2f} x (activations + params); "
+                          f"increase / activations {e['increase_over_acts']:.2f}")
     return rows
 
 

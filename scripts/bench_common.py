@@ -231,6 +231,18 @@ def useful_flops(bc, workload: str, seq: int | None = None) -> float:
     raise ValueError(f"unknown workload {workload!r}; valid: {WORKLOADS}")
 
 
+def cache_bytes(bc) -> int:
+    """Bytes of the activations W3 asks for: resid_pre, attn_out, mlp_out of every layer, fp32."""
+    return 3 * bc.N_LAYERS * bc.B * bc.T_CACHE * bc.D_MODEL * 4
+
+
+def param_bytes(bc) -> int:
+    """fp32 bytes of the GPT-2-small parameters (unembedding tied, so counted once)."""
+    D, F, L = bc.D_MODEL, bc.D_MLP, bc.N_LAYERS
+    per_layer = 4 * D * D + 4 * D + 2 * D * F + F + D + 4 * D  # qkv+o (+biases), MLP (+biases), two norms
+    return 4 * (bc.D_VOCAB * D + bc.N_CTX * D + L * per_layer + 2 * D)
+
+
 def naive_flops(bc, workload: str) -> float:
     """FLOPs of the naive sweep: every variant a full forward with full logits (for context)."""
     per_fwd = useful_flops(bc, "W0", bc.T)

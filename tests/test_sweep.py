@@ -247,14 +247,14 @@ def _all_shapes(jaxpr):
 
 def _chunk_jaxpr(m, toks, grid, metric):
     cfg, params = m
-    st = E._Static(cfg, "segment", 1, 0, toks.shape[0], toks.shape[1], *_slots(grid), metric, None, False)
+    st = E._Static(cfg, "segment", None, 0, toks.shape[0], toks.shape[1], *_slots(grid), metric, None, False)
     base = E._base_jit(cfg, params, jnp.asarray(toks), jnp.ones_like(toks), None, ())
     leaves = jax.tree.leaves(grid.template, is_leaf=lambda l: isinstance(l, sw.Ref))
     datas = [jnp.asarray(l.data) for l in leaves if isinstance(l, sw.Ref)]
     shared = [jnp.asarray(l) for l in leaves if not isinstance(l, (sw.Ref, int, float))]
     idx = tuple(jnp.zeros(4, jnp.int32) for _ in grid.shape)
     return jax.make_jaxpr(lambda *a: E._chunk_program(st, *a))(
-        params, base, (), shared, datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None)
+        params, base, (), shared, datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None, jnp.int32(1))
 
 
 def _slots(grid):
@@ -284,8 +284,9 @@ def test_one_compilation_per_chunk_shape(rot):
         lambda a: Add("resid_pre", layer=a.layer, vector=vec(32, 9), coeff=a.coeff))
     before = E._TRACES["chunk"]
     a, plan = sw.sweep(rot, toks, grid, logit_diff, chunk_size=3, progress=False, return_plan=True)
-    shapes = {(plan.groups[g][0], plan.groups[g][1], len(idx)) for g, idx, _ in plan.chunks}
-    assert plan.n_chunks == 9 and len(shapes) == 3
+    groups = {(plan.groups[g][0], plan.groups[g][1], len(idx)) for g, idx, _ in plan.chunks}
+    shapes = {(plan.groups[g][1], len(idx)) for g, idx, _ in plan.chunks}  # the start layer is an argument
+    assert plan.n_chunks == 9 and len(groups) == 3 and len(shapes) == 1
     assert E._TRACES["chunk"] - before == len(shapes)
     b = sw.sweep(rot, toks, grid, logit_diff, chunk_size=3, progress=False)  # cached: no new trace
     assert E._TRACES["chunk"] - before == len(shapes)
@@ -317,13 +318,13 @@ def test_memory_estimate_bounds_compiled_program(rot):
     grid = patch_grid(cfg, params, toks[:, :], "resid_pre")
     plan = sw.plan_sweep(rot, toks, grid, logit_diff, position_buckets=1)
     C = 8
-    st = E._Static(cfg, "segment", 0, 0, 4, 16, *_slots(grid), logit_diff, None, False)
+    st = E._Static(cfg, "segment", None, 0, 4, 16, *_slots(grid), logit_diff, None, False)
     base = E._base_jit(cfg, params, jnp.asarray(toks), jnp.ones_like(toks), None, ())
     leaves = jax.tree.leaves(grid.template, is_leaf=lambda l: isinstance(l, sw.Ref))
     datas = [jnp.asarray(l.data) for l in leaves if isinstance(l, sw.Ref)]
     idx = tuple(jnp.zeros(C, jnp.int32) for _ in grid.shape)
     compiled = jax.jit(lambda *a: E._chunk_program(st, *a)).lower(
-        params, base, (), [], datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None).compile()
+        params, base, (), [], datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None, jnp.int32(0)).compile()
     mem = compiled.memory_analysis()
     if mem is None:
         pytest.skip("backend reports no memory analysis")

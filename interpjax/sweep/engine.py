@@ -152,7 +152,7 @@ class _Static:
 
     cfg: Any
     mode: str  # "segment" (minimal recompute) or "plain" (full forward per variant)
-    L: int  # first layer to run
+    L: int | None  # first layer to run; None: a traced argument (one program for every start layer)
     s: int  # first position to recompute
     B: int
     T: int
@@ -171,7 +171,7 @@ def _fill(st: _Static, ref_vals, shared):
 
 def _segment_readouts(st, params, base, ivs, x_new, base_ivs, tokens):
     cfg, s, T = st.cfg, st.s, st.T
-    base_x = base["x"]
+    base_x = base["resid_in"][-1]
 
     def rows(pos):
         if isinstance(pos, np.ndarray):
@@ -191,8 +191,9 @@ def _segment_readouts(st, params, base, ivs, x_new, base_ivs, tokens):
     return Readout(cfg, params, T, rows, full, ivs, base_readout, tokens=tokens)
 
 
-def _chunk_program(st: _Static, params, base, base_ivs, shared, datas, idx, tokens, mask, pos):
-    """Metric values [C, ...] of one chunk of variants (flat axis indices ``idx``)."""
+def _chunk_program(st: _Static, params, base, base_ivs, shared, datas, idx, tokens, mask, pos, first):
+    """Metric values [C, ...] of one chunk of variants (flat axis indices ``idx``); every variant
+    starts at layer ``st.L``, or at the traced layer ``first`` when ``st.L`` is None."""
     cfg, L, s, T, B = st.cfg, st.L, st.s, st.T, st.B
     n = cfg.n_layers
     spec = None
@@ -222,20 +223,26 @@ def _chunk_program(st: _Static, params, base, base_ivs, shared, datas, idx, toke
                          tokens=tokens)
             return st.metric(ro)
     else:
+        packed = L is None
+        start = 0 if packed else L
         ctx = None
-        if L < n:
+        if start < n:
             ctx = M.make_ctx(cfg, slot_BT[:, s:], mask[:, s:], slot_BT, mask, rope_pos_BT=posids[:, s:])
-        past = (base["k"][L:, :, :s], base["v"][L:, :, :s]) if (s > 0 and L < n) else None
+        past = (base["k"][start:, :, :s], base["v"][start:, :, :s]) if (s > 0 and start < n) else None
+        x_in = jax.lax.dynamic_index_in_dim(base["resid_in"], first, 0, keepdims=False) if packed else None
 
         def one(vals):
             ivs = base_ivs + _fill(st, vals, shared)
             seg = tuple(_shift(cfg, iv, s, T, B) for iv in ivs)
-            if L == 0:
+            if packed:  # no embed-site edits in the grid (see _packable): enter at layer `first`
+                x = x_in[:, s:]
+            elif L == 0:
                 x = ivmod.apply_at(seg, "embed", base["embed"][:, s:])
             else:
-                x = base["resid"][L - 1][:, s:]
-            if L < n:
-                x = M._run_layers(cfg, params, x, ctx, seg, (), (), start=L, past_kv=past)[0]
+                x = base["resid_in"][L][:, s:]
+            if start < n:
+                x = M._run_layers(cfg, params, x, ctx, seg, (), (), start=start, past_kv=past,
+                                  first=first if packed else None)[0]
             return st.metric(_segment_readouts(st, params, base, ivs, x, base_ivs, tokens))
 
     out = jax.vmap(one)(gathered)
@@ -256,7 +263,7 @@ _chunk_jit = jax.jit(_counted, static_argnums=(0,))
 
 
 def _base_program(cfg, params, tokens, mask, pos, base_ivs):
-    """The base run: raw embedding, residual leaving every layer, every layer's keys/values."""
+    """The base run: raw embedding, residual entering every layer, every layer's keys/values."""
     B, T = tokens.shape
     posids = M.positions_from_mask(mask) if pos is None else pos
     slot_BT = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
@@ -265,10 +272,17 @@ def _base_program(cfg, params, tokens, mask, pos, base_ivs):
     x0 = ivmod.apply_at(tuple(base_ivs), "embed", raw)
     x, rec, kv = M._run_layers(cfg, params, x0, ctx, tuple(base_ivs), ("resid_post",), tuple(range(cfg.n_layers)),
                                return_kv=True)
-    return {"embed": raw, "resid": rec["resid_post"], "k": kv[0], "v": kv[1], "x": x}
+    # resid_in[l]: the residual entering layer l (resid_in[n_layers]: leaving the last layer)
+    return {"embed": raw, "resid_in": jnp.concatenate([x0[None], rec["resid_post"]]), "k": kv[0], "v": kv[1]}
 
 
 _base_jit = jax.jit(_base_program, static_argnums=(0,))
+
+
+def _packable(grid) -> bool:
+    """Whether chunks of every start layer can share one program (layer passed as an argument):
+    always, unless the grid edits the embedding (those variants need the raw embedding at layer 0)."""
+    return all(iv.site != "embed" for iv in grid.template)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,12 +680,15 @@ def _execute(cfg, params, tokens, mask, pos, base_ivs, grid, metric, plan, mesh,
     B, T = tokens.shape
     bar = tqdm(total=grid.size, initial=sum(plan.chunks[i][2] for i in done), unit="variant", desc="sweep",
                disable=not progress or jax.process_index() != 0, smoothing=0.1)
+    packed = plan.mode == "segment" and _packable(grid)
     for i in todo:
         g, idx, nv = plan.chunks[i]
         L, s, _ = plan.groups[g]
-        st = _Static(cfg, plan.mode, L, s, B, T, treedef, tuple(slots), metric, mesh, pos is not None)
+        st = _Static(cfg, plan.mode, None if packed else L, s, B, T, treedef, tuple(slots), metric, mesh,
+                     pos is not None)
         ax_idx = tuple(_put(jnp.asarray(a, jnp.int32), var) for a in np.unravel_index(idx, grid.shape))
-        out = _chunk_jit(st, params_d, base, base_ivs_d, shared, datas, ax_idx, tok_d, mask_d, pos_d)
+        first = _put(jnp.asarray(L, jnp.int32), rep)
+        out = _chunk_jit(st, params_d, base, base_ivs_d, shared, datas, ax_idx, tok_d, mask_d, pos_d, first)
         vals = [v[:nv] for v in _gather(jax.tree.leaves(out))]
         for r, v in zip(results, vals):
             r[idx[:nv]] = v
