@@ -86,10 +86,10 @@ def interchange_tokens(cm, n, sample_fn, tokens_of, rng, with_baseline: bool = F
 
 
 def das_search(cfg, params, sample_train, sample_test, tokens_of, label_tokens, layers, pos_names, positions, m,
-               seed: int) -> dict:
+               seed: int, eval_chunk: int = 256) -> dict:
     """Every causal model of ``price.CAUSAL_MODELS`` aligned at every (layer, position) of resid_post:
     IIA on held-out pairs (from ``sample_test``), training IIA, interval widths, the copy-source-answer
-    reference, timings and the best cells."""
+    reference, timings and the best cells. ``eval_chunk``: rows per IIA evaluation batch."""
     iia, train_iia, widths, times, copy_baseline = {}, {}, {}, {}, {}
     for ci, (name, cm) in enumerate(price.CAUSAL_MODELS.items()):
         rng = np.random.default_rng([seed, 1, ci])
@@ -99,7 +99,7 @@ def das_search(cfg, params, sample_train, sample_test, tokens_of, label_tokens, 
         t1 = time.time()
         grid = train_das_grid(cfg, params, *train, label_tokens, site="resid_post", layers=layers, positions=positions,
                               steps=m["das_steps"], batch_size=m["das_batch"], lr=1e-2, temperature=(4.0, 0.1),
-                              eval_data=held, seed=seed)
+                              eval_data=held, seed=seed, eval_chunk=eval_chunk)
         times[name] = time.time() - t1
         iia[name], train_iia[name], widths[name] = grid.iia.tolist(), grid.train_iia.tolist(), grid.widths.tolist()
         print(f"{name}: best IIA {grid.iia.max():.3f}, copy-source-answer {copy_baseline[name]:.3f} ({times[name]:.0f} s)\n{np.round(grid.iia, 3)}", flush=True)
@@ -220,7 +220,8 @@ def pretrained(args, mode: str):
     draw = lambda rows: lambda r, k: take_rows(pool.inputs, r.choice(rows, k))  # noqa: E731
     positions = [pool.positions[p] for p in m["positions"]]
     found = das_search(model.cfg, model.params, draw(train_rows), draw(test_rows), lambda i: pool.tokens[i["row"]],
-                       pool.label_tokens, layers, list(m["positions"]), positions, m, args.seed)
+                       pool.label_tokens, layers, list(m["positions"]), positions, m, args.seed,
+                       eval_chunk=min(256, m["n_train"], m["n_test"]))
     res = {"mode": mode, "model": label, "settings": m, "template": price_text.TEMPLATE,
            "answers": {"No": int(pool.label_tokens[0]), "Yes": int(pool.label_tokens[1]),
                        "strings": [model.to_string([i]) for i in pool.label_tokens],
