@@ -87,7 +87,7 @@ class PromptSet:
     shared_answer: list
     n_candidates: int
     n_kept: int
-    layout_counts: list  # [(count, (length, y_pos, z_pos)), ...] most common first
+    layout_counts: list  # [(count, (length, y_pos, z_pos)), ...] most common first; length before the shared answer tokens
 
     @property
     def n_dropped(self) -> int:
