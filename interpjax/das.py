@@ -284,8 +284,10 @@ def _source_acts(cfg, params, source_tokens_KNT, site, layers, positions, chunk:
 
 def _cell_logits(cfg, params, site, das, layer, position, tokens_BT, src_KBD, mask_KD, label_tokens):
     iv = interchange_intervention(site, layer, position, rotation(das), mask_KD, src_KBD)
-    logits = M._run(cfg, params, tokens_BT, jnp.ones(tokens_BT.shape, jnp.int32), None, (iv,), (), ())[0]
-    return logits[:, -1].astype(F32)[:, label_tokens]  # [B, C]
+    # record the final residual and unembed only the last position's label columns: the full
+    # [B, T, V] logits are dead code (a 50k vocabulary x every position would not fit per cell)
+    _, rec = M._run(cfg, params, tokens_BT, jnp.ones(tokens_BT.shape, jnp.int32), None, (iv,), ("final",), ())
+    return M.unembed(cfg, params, rec["final"][:, -1]).astype(F32)[:, label_tokens]  # [B, C]
 
 
 def _cell_loss(cfg, site, d, params, das_c, layer, position, src_c, tokens_BT, y_B, label_tokens, temp):

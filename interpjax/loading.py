@@ -93,6 +93,15 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
         ) from None
 
 
+def model_label(name_or_path: str) -> str:
+    """How results record a model: a local folder's own name (never its path) or the hub id with
+    "/" as "--" (safe as a folder name)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path.resolve().name
+    return str(name_or_path).strip("/").replace("/", "--")
+
+
 def weight_files(folder: Path, allow_pickle: bool = False):
     """(getter, names) over the folder's weights: safetensors first, pickle only on request."""
     index = folder / "model.safetensors.index.json"

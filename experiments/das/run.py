@@ -20,7 +20,6 @@ amounts and of the prompt, after first measuring the model's task accuracy; resu
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -145,12 +144,10 @@ def write_results(out: Path, res: dict) -> None:
 
 
 def model_label(name: str) -> str:
-    """The --model label (a folder's own name or the hub id with "/" as "--"), as the task-vectors
-    experiment records it (one definition, loaded from there)."""
-    spec = importlib.util.spec_from_file_location("_task_vectors_run", REPO / "experiments" / "task_vectors" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.model_label(name)
+    """The ``--model`` label and results sub-folder suffix (``interpjax.loading.model_label``)."""
+    from interpjax.loading import model_label as label
+
+    return label(name)
 
 
 def parse_layers(text: str | None, n_layers: int) -> list:

@@ -25,7 +25,14 @@ import jax
 import numpy as np
 
 import interpjax
-from interpjax.attribution import answer_probs, integrated_gradients, knowledge_neurons, neuron_effect, random_neurons
+from interpjax.attribution import (
+    answer_probs,
+    integrated_gradients,
+    knowledge_neurons,
+    neuron_effect,
+    random_neurons,
+)
+from interpjax.loading import model_label
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -139,7 +146,7 @@ def main(argv=None):
         if with_kn and all(key in r for r in with_kn):
             summary[key] = float(np.mean([r[key] for r in with_kn]))
     # a local folder is recorded by its name only (no machine paths in results)
-    model_name = Path(args.model).name if Path(args.model).is_dir() else args.model
+    model_name = model_label(args.model)  # a folder's name, never its path
     res = {"mode": mode, "model": model_name, "site": "mlp_post", "steps": steps, "rule": args.rule,
            "threshold": args.threshold, "share": args.share, "n_random": n_random, "facts": rows,
            "summary": summary, "wall_seconds": time.time() - t0, "jax_backend": jax.default_backend()}

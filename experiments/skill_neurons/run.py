@@ -30,6 +30,7 @@ import numpy as np
 
 import interpjax
 from interpjax import skill_neurons as sn
+from interpjax.loading import model_label
 from interpjax.plots import save_figure
 
 HERE = Path(__file__).resolve().parent
@@ -84,7 +85,7 @@ def decoder_setting(model_path, quick, seed):
                                lambda ivs: pronoun_accuracy(model, tokens[te], mask[te], labels[te], ids, ivs),
                                len(te), tokens.shape[1], FRACTIONS[::2] if quick else FRACTIONS, 3 if quick else 8,
                                seed)
-    name = Path(model_path).name if Path(model_path).exists() else str(model_path)  # never a machine path
+    name = model_label(model_path)  # a folder's name, never a machine path
     return {"model": name, "task": "pronoun she/he",
             "n_train": len(tr), "n_test": len(te), "clean_accuracy": clean, "curve": curve,
             "top_neurons": found["neurons"].tolist(), "top_scores": found["scores"].tolist(),

@@ -123,12 +123,10 @@ def analyse(cfg, params, tasks, n, k, make, seed, n_pca):
 
 
 def model_label(name: str) -> str:
-    """What a ``--model`` is recorded as: a local folder's own name (never its path) or the hub id
-    with "/" as "--" (also the results sub-folder, prefixed "model-")."""
-    path = Path(name)
-    if path.exists():
-        return path.resolve().name
-    return name.strip("/").replace("/", "--")
+    """The ``--model`` label and results sub-folder suffix (``interpjax.loading.model_label``)."""
+    from interpjax.loading import model_label as label
+
+    return label(name)
 
 
 def pretrained(args):
