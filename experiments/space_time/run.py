@@ -18,11 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# jax's CPU eigh (inside the ridge probes) calls LAPACK from XLA's thread pool; a multi-threaded
-# OpenBLAS underneath thrashes and can deadlock there (seen on 2 shared cores). Must precede numpy.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 POOLS = ("last", "mean")
@@ -158,12 +154,11 @@ def fit_probes(X, y, train, test, *, mlp_hidden: int, mlp_steps: int, seed: int)
     from interpjax import probes
 
     Xtr, Xte, ytr, yte = X[:, train], X[:, test], y[train], y[test]
-    # One fit at a time, ridge one layer per program (layer_chunk=1): on the shared 2-core CPU the
-    # all-layers batched ridge program (35 batched 384 x 384 eigh) hung with every XLA worker idle.
-    ridge = jax.block_until_ready(probes.fit_ridge(Xtr, ytr, seed=seed, layer_chunk=1))
+    # all layers in one program (probes run each eigendecomposition alone under single-threaded BLAS,
+    # which is what fixed the hang this experiment first hit)
+    ridge = jax.block_until_ready(probes.fit_ridge(Xtr, ytr, seed=seed))
     log("ridge probes fitted")
-    control = jax.block_until_ready(probes.fit_ridge(Xtr, probes.shuffled_control(ytr, seed=seed + 1), seed=seed,
-                                                     layer_chunk=1))
+    control = jax.block_until_ready(probes.fit_ridge(Xtr, probes.shuffled_control(ytr, seed=seed + 1), seed=seed))
     log("control probes fitted")
     mlp = jax.block_until_ready(probes.fit_mlp(Xtr, ytr, task="regression", hidden=mlp_hidden, steps=mlp_steps,
                                                lr=1e-3, weight_decay=1e-2, batch_size=min(256, len(train)),
@@ -275,16 +270,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import jax
-
-    # Seen on the shared 2-core CPU: with asynchronous dispatch, the second ridge fit (and anything
-    # queued after it) could wait forever with every XLA worker idle; synchronous dispatch avoids it.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     import interpjax
+    from interpjax.loading import model_label
 
     t0 = time.time()
     source = args.model or str(minilm_folder())
-    model_name = args.model or "all-MiniLM-L6-v2"
+    model_name = model_label(args.model) if args.model else "all-MiniLM-L6-v2"  # never a machine path
     cities = load_cities(args.n_cities)
     texts, spans = build_prompts(cities, args.template)
     model = interpjax.load(source)
