@@ -36,6 +36,7 @@ import price_text  # noqa: E402
 
 from interpjax import forward  # noqa: E402
 from interpjax.das import sample_interchange, take_rows, train_das_grid  # noqa: E402
+from interpjax.loading import model_label  # noqa: E402
 from interpjax.train import TrainConfig, Trainer, lm_loss  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -141,13 +142,6 @@ def write_results(out: Path, res: dict) -> None:
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(res, indent=1))
     os.replace(tmp, out / "results.json")
-
-
-def model_label(name: str) -> str:
-    """The ``--model`` label and results sub-folder suffix (``interpjax.loading.model_label``)."""
-    from interpjax.loading import model_label as label
-
-    return label(name)
 
 
 def parse_layers(text: str | None, n_layers: int) -> list:

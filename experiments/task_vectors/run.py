@@ -37,6 +37,7 @@ import numpy as np
 
 from interpjax import Config
 from interpjax import task_vectors as tv
+from interpjax.loading import model_label
 from interpjax.plots import save_figure
 from interpjax.train import TrainConfig, train_in_memory
 from interpjax.worlds import icl
@@ -120,13 +121,6 @@ def analyse(cfg, params, tasks, n, k, make, seed, n_pca):
               "mean": {key: float(np.mean([r[key] for r in per_task.values()]))
                        for key in ("regular", "baseline", "task_vector")}}
     return result, X, labels
-
-
-def model_label(name: str) -> str:
-    """The ``--model`` label and results sub-folder suffix (``interpjax.loading.model_label``)."""
-    from interpjax.loading import model_label as label
-
-    return label(name)
 
 
 def pretrained(args):
