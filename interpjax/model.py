@@ -225,11 +225,12 @@ def compute_dtype(params: dict):
     return params["embed"]["tok"].dtype
 
 
-def _make_tap(ivs: tuple, layer_index, wanted: tuple, sink: dict):
-    """The hook every site passes through: apply this site's interventions, record if wanted."""
+def _make_tap(ivs: tuple, layer_index, wanted: tuple, sink: dict, apply=None):
+    """The hook every site passes through: apply this site's interventions (or ``apply(site, x,
+    layer_index)`` when given), record if wanted."""
 
     def tap(site, x):
-        x = ivmod.apply_at(ivs, site, x, layer_index)
+        x = apply(site, x, layer_index) if apply is not None else ivmod.apply_at(ivs, site, x, layer_index)
         if site in wanted:
             sink[site] = x
         return x
@@ -262,12 +263,13 @@ def _record_shape(cfg: Config, site: str, B: int, T: int, S: int):
 
 def _run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple, layers: tuple,
                 start: int = 0, stop: int | None = None, past_kv=None, return_kv: bool = False,
-                remat: bool = False, first=None):
+                remat: bool = False, first=None, apply=None):
     """Run layers ``start..stop-1`` (static) on the residual ``x_BTD`` of T positions.
 
     ``first``: an optional traced layer index; layers below it pass ``x`` through unchanged (a
     ``lax.cond`` per layer), so one compiled program serves every start layer (the sweep engine
-    packs variants that start at different layers into one program this way).
+    packs variants that start at different layers into one program this way). ``apply(site, x,
+    layer_index)`` replaces the application of ``ivs`` at every site (the sweep engine's packed rows).
 
     ``past_kv``: (k, v) [stop-start, B, S0, K, H] post-rotary keys/values of earlier positions for
     those layers, attended before the new positions (``ctx`` must describe S0 + T keys). Layer
@@ -294,7 +296,7 @@ def _run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple
         x, bufs = carry
         p, idx, window, past = xs
         seen = {}
-        tap = _make_tap(ivs, idx, layer_record, seen)
+        tap = _make_tap(ivs, idx, layer_record, seen, apply)
         run = lambda p, x, w, past: block(cfg, p, x, dict(ctx, window=w), tap, past)
         if remat:
             if layer_record:

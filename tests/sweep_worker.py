@@ -104,7 +104,15 @@ def _devices(out):
     kw = dict(progress=False, position_buckets=2)
     res["one"] = sw.sweep((cfg, params), corrupt, grid, logit_diff, mesh=one, **kw)
     res["eight"], plan = sw.sweep((cfg, params), corrupt, grid, logit_diff, return_plan=True, **kw)
-    assert plan.n_devices == 8 and all(len(c[1]) % 8 == 0 for c in plan.chunks)
+    assert plan.n_devices == 8 and all(c % 8 == 0 for c in plan.chunk_sizes.values()) and plan.layouts
+    # micro-batched packed rows on every device: 16 rows of 33 positions per layer, 2 per device
+    clean32, corrupt32 = tokens(cfg, T=32, seed=1), tokens(cfg, T=32, seed=2)
+    grid32 = patch_grid(cfg, params, clean32)
+    res["one_long"] = sw.sweep((cfg, params), corrupt32, grid32, logit_diff, mesh=one, micro_rows=0, **kw)
+    res["eight_micro"], plan = sw.sweep((cfg, params), corrupt32, grid32, logit_diff, return_plan=True,
+                                        micro_rows=2 * 33, **kw)
+    assert plan.layouts and min(plan.micro.values()) > 0, plan.micro
+    res["eight_buckets"] = sw.sweep((cfg, params), corrupt, grid, logit_diff, packing=False, **kw)
     two_d = Mesh(np.array(jax.devices()).reshape(4, 2), ("variants", "model"))
     res["model_axis"] = sw.sweep((cfg, params), corrupt, grid, logit_diff, mesh=two_d, **kw)
     sh = sw.param_shardings(params, two_d)

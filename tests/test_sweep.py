@@ -147,6 +147,52 @@ def test_patching_other_sites_matches_full_recompute(rot, site):
     assert np.abs(a - a[0, 0]).max() > 1e-3
 
 
+def test_packed_rows_do_exactly_the_minimal_work_and_match_full_recompute(mp):
+    """Suffixes of lengths T..1 pair up in rows of T + 1 positions: no padding at all, and the same
+    numbers as the position buckets and as a full forward per variant."""
+    cfg, params = mp
+    clean, corrupt = tokens(cfg, seed=1), tokens(cfg, seed=2)
+    grid = patch_grid(cfg, params, clean, "resid_pre")
+    a, plan = sw.sweep(mp, corrupt, grid, logit_diff, progress=False, return_plan=True)
+    T, n = clean.shape[1], cfg.n_layers
+    assert {g[1] for g in plan.groups} == {-1} and set(plan.pack_dims.values()) == {(T + 1, T - 1)}
+    exact = sum((n - l) * (T - p) for l in range(n) for p in range(T)) / (n * T * n * T)
+    assert plan.work_fraction(n, T) == pytest.approx(exact)  # padded work == the minimum
+    np.testing.assert_allclose(a, sw.sweep(mp, corrupt, grid, logit_diff, progress=False, shortcuts=False), atol=TOL)
+    np.testing.assert_allclose(a, sw.sweep(mp, corrupt, grid, logit_diff, progress=False, packing=False), atol=TOL)
+
+
+def test_packed_rows_with_many_segments_base_edits_and_two_edits_per_variant(rot):
+    cfg, params = rot
+    toks = tokens(cfg, seed=5)
+    base = (Add("resid_pre", layer=1, vector=vec(32, 1), coeff=0.5, positions=jnp.array([2])),
+            Scale("mlp_post", layer=0, factor=0.5))
+    g = sw.product(layer=np.arange(3), position=np.array([0, 4, 5, 6, 7])).build(
+        lambda a: (Add("resid_pre", layer=a.layer, vector=vec(32, 2), positions=a.position),
+                   Scale("mlp_out", layer=2, factor=1.7, positions=jnp.array([-1]))))
+    a, plan = sw.sweep(rot, toks, g, interventions=base, progress=False, return_plan=True, metric=logit_diff)
+    assert max(v.shape[1] for v, _ in plan.packs.values()) >= 3  # short suffixes share a row
+    b = sw.sweep(rot, toks, g, logit_diff, interventions=base, progress=False, shortcuts=False)
+    np.testing.assert_allclose(a, b, atol=TOL)
+    np.testing.assert_allclose(a, loop(rot, toks, g, base=base), atol=TOL)
+    assert np.abs(a - a.reshape(-1)[0]).max() > 1e-3
+
+
+def test_micro_batches_match_whole_chunks(rot):
+    """CPU micro-batching (a sequential loop of vmaps) gives the numbers of one vmap over the chunk,
+    for plain variants and for packed rows."""
+    cfg, params = rot
+    clean, corrupt = tokens(cfg, seed=1), tokens(cfg, seed=2)
+    steer = sw.product(layer=np.arange(3), coeff=np.linspace(-2, 2, 12).astype(np.float32)).build(
+        lambda a: Add("resid_pre", layer=a.layer, vector=vec(32, 3), coeff=a.coeff))
+    for grid, toks in ((steer, clean), (patch_grid(cfg, params, clean), corrupt)):
+        a, plan = sw.sweep(rot, toks, grid, logit_diff, progress=False, return_plan=True, micro_rows=2 * 8 * 2)
+        assert min(plan.micro.values()) > 0
+        b, whole = sw.sweep(rot, toks, grid, logit_diff, progress=False, return_plan=True, micro_rows=0)
+        assert set(whole.micro.values()) == {0}
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_head_sites_knockout_ablation_project_and_per_row_positions(rot):
     cfg, params = rot
@@ -316,7 +362,7 @@ def test_memory_estimate_bounds_compiled_program(rot):
     cfg, params = rot
     toks = tokens(cfg, B=4, T=16)
     grid = patch_grid(cfg, params, toks[:, :], "resid_pre")
-    plan = sw.plan_sweep(rot, toks, grid, logit_diff, position_buckets=1)
+    plan = sw.plan_sweep(rot, toks, grid, logit_diff, position_buckets=1, packing=False)
     C = 8
     st = E._Static(cfg, "segment", None, 0, 4, 16, *_slots(grid), logit_diff, None, False)
     base = E._base_jit(cfg, params, jnp.asarray(toks), jnp.ones_like(toks), None, ())
@@ -329,6 +375,17 @@ def test_memory_estimate_bounds_compiled_program(rot):
     if mem is None:
         pytest.skip("backend reports no memory analysis")
     assert mem.temp_size_in_bytes <= C * plan.per_variant_bytes[(0, 0)]
+    # packed rows: the estimate per row bounds a compiled packed chunk too
+    plan = sw.plan_sweep(rot, toks, grid, logit_diff, micro_rows=0)
+    (i, (vidx, start)), = [(i, lay) for i, lay in plan.layouts.items() if plan.groups[plan.chunks[i][0]][0] == 0]
+    P, S0 = plan.pack_dims[plan.chunks[i][0]]
+    st = E._Static(cfg, "packed", None, 0, 4, 16, *_slots(grid), logit_diff, None, False, 0, vidx.shape[1], P, S0)
+    idx = tuple(jnp.asarray(a, jnp.int32) for a in np.unravel_index(vidx, grid.shape))
+    layout = tuple(jnp.asarray(a) for a in E._row_layout(start, 16, P))
+    compiled = jax.jit(lambda *a: E._chunk_program(st, *a)).lower(
+        params, base, (), [], datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None, jnp.int32(0),
+        layout).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes <= len(vidx) * plan.per_variant_bytes[(0, -1)]
 
 
 def test_100k_variants_in_chunks_on_a_small_model(rot):

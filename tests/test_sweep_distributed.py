@@ -41,6 +41,8 @@ def test_eight_simulated_devices_equal_one(tmp_path):
     res = np.load(out)
     assert np.abs(res["one"]).max() > 1e-2
     np.testing.assert_allclose(res["eight"], res["one"], atol=1e-6)
+    np.testing.assert_allclose(res["eight_micro"], res["one_long"], atol=1e-5)  # micro-batched, other matmul shapes
+    np.testing.assert_allclose(res["eight_buckets"], res["one"], atol=1e-5)  # position buckets, not packed rows
     np.testing.assert_allclose(res["plain_eight"], res["one"], atol=1e-5)
     np.testing.assert_allclose(res["model_axis"], res["one"], atol=1e-5)  # params split over 'model'
     assert int(res["n_split"]) > 0

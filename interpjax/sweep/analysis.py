@@ -8,10 +8,12 @@ concrete layer/position fields, per variant, before any compute.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from .. import interventions as ivmod
-from ..sites import LAYER_SITES
+from ..sites import ATTN_SITES, LAYER_SITES
 from .grid import Grid, _is_ref
 
 
@@ -99,3 +101,40 @@ def bucket_lengths(lengths, weights, max_buckets: int):
     edges = np.array(sorted(edges))
     return edges[np.searchsorted(edges, lengths)]
 
+
+
+def row_packable(iv) -> bool:
+    """Can this intervention act on packed rows (several variants' suffixes laid out in one
+    sequence)? Position-indexed sites only: not the attention-score sites (their key axis is laid
+    out differently), not the embedding (packed rows enter at a layer) and not unshiftable edits."""
+    return shiftable(iv) and iv.site not in ATTN_SITES and iv.site != "embed"
+
+
+def pack_segments(lengths, capacity: int, max_segments: int):
+    """Best-fit-decreasing packing of suffix lengths into rows of ``capacity`` positions with at
+    most ``max_segments`` per row (each length goes to the open row with the least room that
+    holds it); returns a list of rows, each a list of indices into ``lengths``."""
+    lengths = np.asarray(lengths)
+    if lengths.size and (lengths.max() > capacity or lengths.min() < 1):
+        raise ValueError(f"suffix lengths must lie in 1..{capacity}, got {lengths.min()}..{lengths.max()}")
+    rows, by_room, rooms = [], {}, []  # by_room: room -> open rows with that room; rooms: sorted keys
+    for i in np.argsort(-lengths, kind="stable").tolist():
+        n = int(lengths[i])
+        j = bisect.bisect_left(rooms, n)
+        if j < len(rooms):
+            room = rooms[j]
+            r = by_room[room].pop()
+            if not by_room[room]:
+                del by_room[room]
+                rooms.pop(j)
+            rows[r].append(i)
+        else:
+            r, room = len(rows), capacity
+            rows.append([i])
+        left = room - n
+        if left > 0 and len(rows[r]) < max_segments:
+            if left not in by_room:
+                by_room[left] = []
+                bisect.insort(rooms, left)
+            by_room[left].append(r)
+    return rows
