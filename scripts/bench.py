@@ -21,6 +21,15 @@ fraction of the peak (analytic FLOPs of the minimal recompute, ``bench_common.us
 RSS increase and the ratio to each peer. Per (library, workload) results are cached as JSON and reused.
 See docs/benchmarks.md for setting up the peer venvs.
 
+    python scripts/bench.py bigsteer [--shape llama7b|tiny] [--dtype bfloat16] [--layers 32] [--coefs 64] [--json OUT]
+
+``bigsteer``: the accelerator workload: a random model of the Llama-2-7B shape (32 layers, d_model
+4096, 32 heads, d_mlp 11008, vocab 32000; bf16), the steering sweep ``resid_pre[L] += c*v`` for 32
+layers x 64 coefficients on 8 prompts x 32 tokens, logit difference at the last position. Reports
+median seconds and useful FLOP/s (the minimal recompute) as a fraction of the bf16 matmul peak
+measured in the same run, and the agreement of sampled cells with direct forwards. ``--shape tiny``
+runs the same code on a small model (CPU smoke test).
+
 Adding a subcommand: write ``cmd_<name>(args) -> dict``, register its parser in ``build_parser``.
 """
 
@@ -779,6 +788,101 @@ def summarize_sweeps(all_res: dict, bc, peak: float, args, peak_cpu: float = 0.0
 # command line
 
 
+BIGSTEER_SHAPES = {
+    # Llama-2-7B: rotary, RMSNorm, gated SiLU MLP, untied unembedding
+    "llama7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_head=128, d_mlp=11008, n_ctx=4096,
+                    positions="rotary", rotary_dim=128, norm="rmsnorm", norm_bias=False, mlp="gated",
+                    activation="silu"),
+    "tiny": dict(vocab_size=512, d_model=64, n_layers=4, n_heads=4, d_head=16, d_mlp=172, n_ctx=64,
+                 positions="rotary", rotary_dim=16, norm="rmsnorm", norm_bias=False, mlp="gated", activation="silu"),
+}
+
+
+def steering_flops(cfg, B: int, T: int, n_coefs: int) -> float:
+    """Useful FLOPs of a layers x coefficients steering sweep at every position with a two-logit
+    metric: the base run (all layers) + per coefficient and start layer l the layers l..n-1 on all
+    positions, + 2 logits per prompt per variant. Dense part per row 2(D*N*H + 2*D*K*H + N*H*D +
+    m*D*F) (m = 3 gated, 2 standard); causal attention 4*N*H*(t+1) at position t."""
+    D, N, K, H, F, n = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_mlp, cfg.n_layers
+    dense = 2 * (D * N * H + 2 * D * K * H + N * H * D + (3 if cfg.mlp == "gated" else 2) * D * F)
+    layer = B * sum(dense + 4 * N * H * (t + 1) for t in range(T))
+    passes = n + n_coefs * sum(n - l for l in range(n))
+    return float(passes * layer + 2 * n_coefs * n * B * D * 2)
+
+
+def dot_peak(dtype, sizes=(2048, 4096, 8192), repeats: int = 5) -> float:
+    """The best FLOP/s of jnp.dot on square ``dtype`` matrices (the peak to divide by)."""
+    import jax
+    import jax.numpy as jnp
+
+    best = 0.0
+    for n in sizes:
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+        dot = jax.jit(jnp.dot)
+        dot(a, a).block_until_ready()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dot(a, a).block_until_ready()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def cmd_bigsteer(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import interpjax
+    from interpjax import Add, Config, sweep as sw, train
+
+    if args.layers < 0:
+        raise SystemExit("--layers must be >= 0 (0: the shape's own layer count)")
+    dtype = jnp.dtype(args.dtype)
+    cfg = Config(**{**BIGSTEER_SHAPES[args.shape], **({"n_layers": args.layers} if args.layers else {})})
+    dev = jax.devices()[0]
+    print(f"device: {dev.device_kind} ({dev.platform}) x {len(jax.devices())}; shape {args.shape}, {cfg.n_layers} "
+          f"layers, {args.dtype}, {args.batch} prompts x {args.seq} tokens, {args.coefs} coefficients", flush=True)
+    peak = dot_peak(dtype, (256, 512) if args.shape == "tiny" else (2048, 4096, 8192))
+    print(f"{args.dtype} matmul peak (jnp.dot, measured now): {peak / 1e12:.2f} TFLOP/s", flush=True)
+    params = jax.block_until_ready(jax.jit(functools.partial(train.init_params, cfg, dtype=dtype))(jax.random.PRNGKey(0)))
+    n_params = sum(int(a.size) for a in jax.tree.leaves(params))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32)
+    v = jnp.asarray(rng.standard_normal(cfg.d_model).astype(np.float32) / np.sqrt(cfg.d_model), dtype)
+    coefs = np.linspace(-8, 8, args.coefs).astype(np.float32)
+    layers = np.arange(cfg.n_layers)
+
+    def metric(out):
+        lg = out.logits(-1, (0, 1)).astype(jnp.float32)
+        return jnp.mean(lg[:, 0] - lg[:, 1])
+
+    run = lambda: sw.steering((cfg, params), tokens, v, coefs, metric, layers=layers, progress=False).values
+    t0 = time.perf_counter()
+    vals = np.asarray(run())
+    cold = time.perf_counter() - t0
+    ts = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        vals = np.asarray(run())
+        ts.append(time.perf_counter() - t0)
+    med = float(np.median(ts))
+    flops = steering_flops(cfg, args.batch, args.seq, args.coefs)
+    errs = []
+    for l, c in ((0, 0), (cfg.n_layers // 2, args.coefs // 3), (cfg.n_layers - 1, args.coefs - 1)):
+        lg = interpjax.forward(cfg, params, tokens, interventions=Add("resid_pre", layer=l, vector=v, coeff=coefs[c]))
+        ref = float(jnp.mean(lg[:, -1, 0].astype(jnp.float32) - lg[:, -1, 1].astype(jnp.float32)))
+        errs.append(abs(float(vals[l, c]) - ref) / max(abs(ref), 1e-6))
+    res = {"subcommand": "bigsteer", "device": dev.device_kind, "platform": dev.platform, "shape": args.shape,
+           "dtype": args.dtype, "n_params": n_params, "grid": [cfg.n_layers, args.coefs], "batch": args.batch,
+           "seq": args.seq, "cold_s": cold, "times_s": ts, "median_s": med, "useful_flops": flops,
+           "useful_flops_per_s": flops / med, "matmul_peak": peak, "fraction_of_peak": flops / med / peak,
+           "max_rel_err_sampled": max(errs), "finite": bool(np.isfinite(vals).all())}
+    print(f"{n_params / 1e9:.2f}B params; sweep {cfg.n_layers}x{args.coefs}: cold {cold:.1f} s, median {med:.2f} s "
+          f"(runs {', '.join(f'{t:.2f}' for t in ts)}); useful {flops / med / 1e12:.2f} TFLOP/s = "
+          f"{100 * res['fraction_of_peak']:.0f}% of the measured {args.dtype} peak; sampled cells vs direct forwards: "
+          f"max rel err {max(errs):.2e}", flush=True)
+    return res
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -819,12 +923,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-config", help="bench_config.py (default ../shared/bench/bench_config.py beside the repo)")
     p.add_argument("--json", metavar="OUT", help="also write all results as JSON to OUT (atomically)")
     p.set_defaults(func=cmd_sweeps)
+
+    p = sub.add_parser("bigsteer", help="accelerator workload: Llama-7B-shaped bf16 steering sweep, 32 layers x 64 "
+                                        "coefficients, useful FLOP/s vs the measured matmul peak")
+    p.add_argument("--shape", choices=sorted(BIGSTEER_SHAPES), default="llama7b")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--layers", type=int, default=0, help="override the layer count (default: the shape's)")
+    p.add_argument("--coefs", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT (atomically)")
+    p.set_defaults(func=cmd_bigsteer)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("batch", "seq", "repeats", "compile_repeats"):
+    for name in ("batch", "seq", "repeats", "compile_repeats", "coefs"):
         if getattr(args, name, 1) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if getattr(args, "quick", False):

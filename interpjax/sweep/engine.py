@@ -451,7 +451,7 @@ class Plan:
 
 
 PACK_MAX_SEGMENTS = 8  # variants per packed row at most (each adds a masked edit per edited site)
-MICRO_BYTES = 12 << 20  # CPU: micro-batch so the widest activation (rows x d_mlp) stays this size
+MICRO_BYTES = 16 << 20  # CPU: micro-batch so the widest activation (rows x d_mlp) stays about this size
 
 
 def _variant_bytes(cfg, B, n_new, S, layers_run, itemsize, leaf_bytes, readout_floats):
