@@ -182,6 +182,13 @@ def _fill(st: _Static, ref_vals, shared):
     return tuple(jax.tree.unflatten(st.treedef, leaves))
 
 
+def _base_readout(st, params, base_x, base_ivs, tokens):
+    """The ``out.base`` view (built lazily) of the base run's final residual ``base_x``."""
+    cfg, T = st.cfg, st.T
+    return lambda: Readout(cfg, params, T, lambda pos: _final_norm(cfg, params, jnp.take(base_x, pos, axis=1)),
+                           lambda: _final_norm(cfg, params, base_x), base_ivs, tokens=tokens)
+
+
 def _segment_readouts(st, params, base, ivs, x_new, base_ivs, tokens):
     cfg, s, T = st.cfg, st.s, st.T
     base_x = base["resid_in"][-1]
@@ -197,11 +204,8 @@ def _segment_readouts(st, params, base, ivs, x_new, base_ivs, tokens):
     def full():
         return _final_norm(cfg, params, jnp.concatenate([base_x[:, :s], x_new], axis=1))
 
-    def base_readout():
-        return Readout(cfg, params, T, lambda pos: _final_norm(cfg, params, jnp.take(base_x, pos, axis=1)),
-                       lambda: _final_norm(cfg, params, base_x), base_ivs, tokens=tokens)
-
-    return Readout(cfg, params, T, rows, full, ivs, base_readout, tokens=tokens)
+    return Readout(cfg, params, T, rows, full, ivs, _base_readout(st, params, base_x, base_ivs, tokens),
+                   tokens=tokens)
 
 
 def _packed_readouts(st, params, base, ivs, x_rows, s, off, base_ivs, tokens):
@@ -214,12 +218,9 @@ def _packed_readouts(st, params, base, ivs, x_rows, s, off, base_ivs, tokens):
         new = jnp.take(x_rows, jnp.clip(off + pos - s, 0, P - 1), axis=1)
         return jnp.where((pos >= s)[None, :, None], new, jnp.take(base_x, pos, axis=1))
 
-    def base_readout():
-        return Readout(cfg, params, T, lambda pos: _final_norm(cfg, params, jnp.take(base_x, pos, axis=1)),
-                       lambda: _final_norm(cfg, params, base_x), base_ivs, tokens=tokens)
-
     return Readout(cfg, params, T, lambda pos: _final_norm(cfg, params, at(pos)),
-                   lambda: _final_norm(cfg, params, at(jnp.arange(T))), ivs, base_readout, tokens=tokens)
+                   lambda: _final_norm(cfg, params, at(jnp.arange(T))), ivs,
+                   _base_readout(st, params, base_x, base_ivs, tokens), tokens=tokens)
 
 
 def _packed_one(st, params, base, base_ivs, shared, tokens, mask, posids, first):
@@ -333,18 +334,18 @@ def _chunk_program(st: _Static, params, base, base_ivs, shared, datas, idx, toke
                          tokens=tokens)
             return st.metric(ro)
     else:
-        packed = L is None
-        start = 0 if packed else L
+        dynamic = L is None
+        start = 0 if dynamic else L
         ctx = None
         if start < n:
             ctx = M.make_ctx(cfg, slot_BT[:, s:], mask[:, s:], slot_BT, mask, rope_pos_BT=posids[:, s:])
         past = (base["k"][start:, :, :s], base["v"][start:, :, :s]) if (s > 0 and start < n) else None
-        x_in = jax.lax.dynamic_index_in_dim(base["resid_in"], first, 0, keepdims=False) if packed else None
+        x_in = jax.lax.dynamic_index_in_dim(base["resid_in"], first, 0, keepdims=False) if dynamic else None
 
         def one(vals):
             ivs = base_ivs + _fill(st, vals, shared)
             seg = tuple(_on_rows(cfg, iv, s, T, B) for iv in ivs)
-            if packed:  # no embed-site edits in the grid (see _packable): enter at layer `first`
+            if dynamic:  # no embed-site edits in the grid (see _packable): enter at layer `first`
                 x = x_in[:, s:]
             elif L == 0:
                 x = ivmod.apply_at(seg, "embed", base["embed"][:, s:])
@@ -352,7 +353,7 @@ def _chunk_program(st: _Static, params, base, base_ivs, shared, datas, idx, toke
                 x = base["resid_in"][L][:, s:]
             if start < n:
                 x = M._run_layers(cfg, params, x, ctx, seg, (), (), start=start, past_kv=past,
-                                  first=first if packed else None)[0]
+                                  first=first if dynamic else None)[0]
             return st.metric(_segment_readouts(st, params, base, ivs, x, base_ivs, tokens))
 
     out = _map_variants(one, gathered, st.micro, st.mesh.shape["variants"] if st.mesh is not None else 1, spec)
@@ -920,7 +921,7 @@ def _execute(cfg, params, tokens, mask, pos, base_ivs, grid, metric, plan, mesh,
     B, T = tokens.shape
     bar = tqdm(total=grid.size, initial=sum(plan.chunks[i][2] for i in done), unit="variant", desc="sweep",
                disable=not progress or jax.process_index() != 0, smoothing=0.1)
-    packed = plan.mode == "segment" and _packable(grid)
+    dynamic_first = plan.mode == "segment" and _packable(grid)
     for i in todo:
         g, idx, nv = plan.chunks[i]
         L, s, _ = plan.groups[g]
@@ -933,7 +934,7 @@ def _execute(cfg, params, tokens, mask, pos, base_ivs, grid, metric, plan, mesh,
             layout = tuple(_put(jnp.asarray(a), var) for a in _row_layout(start, T, P))
         else:
             vidx = idx
-            st = _Static(cfg, plan.mode, None if packed else L, s, B, T, treedef, tuple(slots), metric, mesh,
+            st = _Static(cfg, plan.mode, None if dynamic_first else L, s, B, T, treedef, tuple(slots), metric, mesh,
                          pos is not None, micro)
         ax_idx = tuple(_put(jnp.asarray(a, jnp.int32), var) for a in np.unravel_index(vidx, grid.shape))
         first = _put(jnp.asarray(L, jnp.int32), rep)
