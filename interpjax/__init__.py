@@ -5,14 +5,15 @@
     steered = model(tokens, interventions=Add("resid_pre", layer=6, vector=v, coeff=4.0))
 """
 
-from . import (activations, attribution, das, generate, knockout, lens, probes, reading, skill_neurons, steering, sweep,
-               task_vectors, testing)
-from .config import Config
-from .interventions import Ablate, Add, AttentionKnockout, Custom, Patch, Project, Scale, compose
-from .loading import load_params, load_tokenizer, save_pretrained
-from .model import Cache, forward, run_with_cache
-from .modelobj import Model, load
-from .sites import LAYER_SITES, SITES, list_sites, site_shape
+from .io import activations
+from .methods import attribution, das, knockout, lens, probes, reading, skill_neurons, steering, task_vectors
+from . import generate, sweep, testing
+from .core.config import Config
+from .core.interventions import Ablate, Add, AttentionKnockout, Custom, Patch, Project, Scale, compose
+from .io.loading import load_params, load_tokenizer, save_pretrained
+from .core.model import Cache, forward, run_with_cache
+from .core.handle import Model, load
+from .core.sites import LAYER_SITES, SITES, list_sites, site_shape
 
 __all__ = [
     "Ablate", "Add", "AttentionKnockout", "Cache", "Config", "Custom", "LAYER_SITES", "Model", "Patch", "Project",

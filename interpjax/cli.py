@@ -47,8 +47,8 @@ def cmd_demo(args):
     import jax.numpy as jnp
 
     import interpjax
-    from interpjax import Add, Patch
-    from interpjax.generate import greedy
+    from . import Add, Patch
+    from .generate import greedy
 
     model = _load(args)
     cfg = model.cfg
@@ -86,12 +86,12 @@ def cmd_demo(args):
     @jax.jit
     def prob_of_answer(l, p):
         iv = Patch("resid_pre", layer=l, value=cache["resid_pre"][l], positions=p[None])
-        logits = interpjax.model._run(cfg, model.params, jnp.asarray(corrupt), jnp.ones_like(corrupt), None,
+        logits = interpjax.core.model.run(cfg, model.params, jnp.asarray(corrupt), jnp.ones_like(corrupt), None,
                                       (iv,), (), ())[0]
         return jax.nn.softmax(logits[0, -1].astype(jnp.float32))[answer]
 
     L, P = jnp.meshgrid(jnp.arange(cfg.n_layers), jnp.arange(T), indexing="ij")
-    interpjax.model._prepare(cfg, model.params, corrupt, None,
+    interpjax.core.model.prepare(cfg, model.params, corrupt, None,
                              Patch("resid_pre", layer=0, value=cache["resid_pre"][0], positions=jnp.array([0])))
     t0 = time.perf_counter()
     probs = np.asarray(jax.vmap(jax.vmap(prob_of_answer))(L, P))
@@ -123,8 +123,8 @@ def _fail(msg: str):
 def cmd_steer(args):
     """Build a steering vector (ActAdd from one prompt pair, or CAA/RepE from several) and print the
     unsteered and steered continuations of --prompt side by side."""
-    from interpjax import steering as st
-    from interpjax.generate import generate
+    from .methods import steering as st
+    from .generate import generate
 
     if args.vector is None and (not args.positive or not args.negative):
         _fail("pass --positive and --negative (or --vector FILE)")
@@ -172,7 +172,7 @@ def _read_pairs(path: str):
 
 def cmd_read(args):
     """Reading vectors from contrast pairs (or a saved file), then the LAT scan of --text as HTML."""
-    from interpjax import reading as rd
+    from .methods import reading as rd
 
     pos, neg = list(args.positive or []), list(args.negative or [])
     if args.pairs:

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import interventions as ivmod
-from . import model as M
-from .config import Config
-from .sites import ATTN_SITES
+from .core import interventions as ivmod
+from .core import model as M
+from .core.config import Config
+from .core.sites import ATTN_SITES
 
 _FAR = 2**30  # a position index that matches no column
 
@@ -145,7 +145,7 @@ def _decode(cfg: Config, params: dict, tokens_BT, mask_BT, ivs: tuple, keys_B, s
     ctx = M.make_ctx(cfg, slots_BT, mask_BT, slots_BT, mask_BT, rope_pos_BT=pos_BT)
     seg = _segment(ivs, 0, T0, total)
     x = ivmod.apply_at(seg, "embed", M.embed(cfg, params, tokens_BT, pos_BT))
-    x, _, (k_LBTKH, v_LBTKH) = M._run_layers(cfg, params, x, ctx, seg, (), (), return_kv=True)
+    x, _, (k_LBTKH, v_LBTKH) = M.run_layers(cfg, params, x, ctx, seg, (), (), return_kv=True)
     logits_BV = _head(cfg, params, x[:, -1:], _segment(ivs, T0 - 1, 1, total))[:, 0]
     buf_shape = (cfg.n_layers, B, total, cfg.kv_heads, cfg.d_head)
     k_buf = jnp.zeros(buf_shape, dtype).at[:, :, :T0].set(k_LBTKH.astype(dtype))
@@ -174,7 +174,7 @@ def _decode(cfg: Config, params: dict, tokens_BT, mask_BT, ivs: tuple, keys_B, s
         ctx = M.make_ctx(cfg, q_slot, jnp.ones((B, 1), bool), k_slot, k_valid, rope_pos_BT=pid)
         seg = _segment(ivs, c, 1, total)
         x = ivmod.apply_at(seg, "embed", M.embed(cfg, params, tok, pid))
-        x, _, (k_new, v_new) = M._run_layers(cfg, params, x, ctx, seg, (), (), past_kv=(k_buf, v_buf),
+        x, _, (k_new, v_new) = M.run_layers(cfg, params, x, ctx, seg, (), (), past_kv=(k_buf, v_buf),
                                             return_kv=True)
         k_buf = jax.lax.dynamic_update_slice_in_dim(k_buf, k_new.astype(dtype), c, axis=2)
         v_buf = jax.lax.dynamic_update_slice_in_dim(v_buf, v_new.astype(dtype), c, axis=2)
@@ -265,7 +265,7 @@ def generate(cfg: Config, params: dict, prompt_BT, max_new_tokens: int, interven
     total = T0 + int(max_new_tokens)
     if total > cfg.n_ctx:
         raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx={cfg.n_ctx}")
-    tokens, mask, _, _ = M._prepare(cfg, params, prompt, attention_mask, None)
+    tokens, mask, _, _ = M.prepare(cfg, params, prompt, attention_mask, None)
     m = np.asarray(mask)
     if not (m[:, -1] == 1).all() or (np.diff(m, axis=1) < 0).any():
         raise ValueError("attention_mask must be left padding (0s then 1s, last column real in every row): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import Config
+from .core.config import Config
 
 # name -> (HF config class, kwargs). Tiny but exercising each family's switches.
 TINY = {

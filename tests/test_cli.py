@@ -43,7 +43,7 @@ def test_steer_prints_side_by_side_and_saves(tmp_path):
     rows = [l.split(" | ") for l in out.stdout.splitlines() if " | " in l][2:]
     left, right = " ".join(r[0].strip() for r in rows), " ".join(r[1].strip() for r in rows)
     assert "Lily. She loved to play outside in the park" in left and left != right
-    from interpjax.steering import SteeringVector
+    from interpjax.methods.steering import SteeringVector
 
     v = SteeringVector.load(vec)
     assert (v.method, v.layer, v.meta["prompts"]) == ("actadd", 3, {"positive": [" dog"], "negative": [" girl"]})

@@ -30,9 +30,9 @@ sys.path.insert(0, str(HERE))
 DEFAULT_MODEL = HERE.parents[1].parent / "shared" / "models" / "llama2c-stories260k"
 
 import interpjax  # noqa: E402
-from interpjax import Add  # noqa: E402
-from interpjax import steering as st  # noqa: E402
-from interpjax.generate import generate, stack_rows  # noqa: E402
+from interpjax import Add
+from interpjax.methods import steering as st
+from interpjax.generate import generate, stack_rows
 from texts import OFF_TOPIC, ON_TOPIC  # noqa: E402
 
 PROMPTS = ["Once upon a time, there was a", "One day, Tom went to the", "Lily looked out of the window and saw a",
@@ -130,7 +130,7 @@ def main():
 
     grid = jnp.asarray([(l, c) for l in layers for c in coeffs], jnp.float32)
     sweep = jax.jit(lambda g: jax.lax.map(metric, g, batch_size=args.chunk))
-    interpjax.model._prepare(cfg, model.params, tokens, attn, Add(args.site, layer=0, vector=vec_LTD[0], coeff=1.0))
+    interpjax.core.model.prepare(cfg, model.params, tokens, attn, Add(args.site, layer=0, vector=vec_LTD[0], coeff=1.0))
     t0 = time.perf_counter()
     nll = np.asarray(sweep(grid)).reshape(len(layers), len(coeffs), 2)
     t_sweep = time.perf_counter() - t0
@@ -202,7 +202,7 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from interpjax.plots import save_figure
+    from interpjax.io.plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, key, name in ((axes[0], "ratio_on", "on-topic"), (axes[1], "ratio_off", "off-topic")):

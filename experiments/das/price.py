@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from interpjax import Config
-from interpjax.das import CausalModel
+from interpjax.methods.das import CausalModel
 
 WORDS = ("BOS", "between", "and", "cost", "dollars", "answer", "No", "Yes")
 POSITION_NAMES = ("BOS", "between", "X", "and", "Y", "cost", "Z", "dollars", "answer")

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import price  # noqa: E402
 import price_text  # noqa: E402
 
-from interpjax import forward  # noqa: E402
-from interpjax.das import sample_interchange, take_rows, train_das_grid  # noqa: E402
-from interpjax.loading import model_label  # noqa: E402
-from interpjax.train import TrainConfig, Trainer, lm_loss  # noqa: E402
+from interpjax import forward
+from interpjax.methods.das import sample_interchange, take_rows, train_das_grid
+from interpjax.io.loading import model_label
+from interpjax.train import TrainConfig, Trainer, lm_loss
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from interpjax import Config, forward
-from interpjax.knockout import attention_knockout, attribute_rate, sublayer_knockout
-from interpjax.plots import save_figure
+from interpjax.methods.knockout import attention_knockout, attribute_rate, sublayer_knockout
+from interpjax.io.plots import save_figure
 from interpjax.train import TrainConfig, train_in_memory
 from interpjax.worlds import facts
 

@@ -25,14 +25,8 @@ import jax
 import numpy as np
 
 import interpjax
-from interpjax.attribution import (
-    answer_probs,
-    integrated_gradients,
-    knowledge_neurons,
-    neuron_effect,
-    random_neurons,
-)
-from interpjax.loading import model_label
+from interpjax.methods.attribution import answer_probs, integrated_gradients, knowledge_neurons, neuron_effect, random_neurons
+from interpjax.io.loading import model_label
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import interpjax  # noqa: E402
-from interpjax import lens as LZ  # noqa: E402
+from interpjax.methods import lens as LZ
 from stories import corpus_stories, story_stream  # noqa: E402
 
 MODELS = Path(os.environ.get("INTERPJAX_MODELS", HERE.parents[2] / "shared" / "models"))

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interpjax import Config, Custom, forward, probes, run_with_cache
+from interpjax import Config, Custom, forward, run_with_cache
+from interpjax.methods import probes
 from interpjax.train import TrainConfig, Trainer, init_params
 from interpjax.worlds import othello as O
 
@@ -65,12 +66,12 @@ def make_legal_rate(cfg: Config, tokens_NT: np.ndarray, legal_NTV: np.ndarray, c
 
     @jax.jit
     def rate(params):
-        from interpjax.model import _run
+        from interpjax.core.model import run
 
         hits = 0.0
         for s in range(0, tok.shape[0], chunk):
             t = tok[s:s + chunk]
-            logits = _run(cfg, params, t, jnp.ones_like(t), None, (), (), ())[0]
+            logits = run(cfg, params, t, jnp.ones_like(t), None, (), (), ())[0]
             pred = jnp.argmax(logits[..., 1:], -1) + 1  # never predict padding
             hits = hits + jnp.sum(jnp.take_along_axis(legal[s:s + chunk], pred[..., None], -1)[..., 0]
                                   & has_move[s:s + chunk])

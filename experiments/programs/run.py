@@ -26,7 +26,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from interpjax import Config, probes, run_with_cache
+from interpjax import Config, run_with_cache
+from interpjax.methods import probes
 from interpjax.generate import greedy
 from interpjax.train import TrainConfig, Trainer
 from interpjax.worlds import gridworld as G

@@ -28,10 +28,10 @@ sys.path.insert(0, str(HERE))
 DEFAULT_MODEL = HERE.parents[1].parent / "shared" / "models" / "llama2c-stories260k"
 
 import interpjax  # noqa: E402
-from interpjax import Add  # noqa: E402
-from interpjax import reading as rd  # noqa: E402
-from interpjax import steering as st  # noqa: E402
-from interpjax.generate import generate, stack_rows  # noqa: E402
+from interpjax import Add
+from interpjax.methods import reading as rd
+from interpjax.methods import steering as st
+from interpjax.generate import generate, stack_rows
 from stimuli import EVENTS, NAMES, stimuli  # noqa: E402
 
 SCAN_TEXT = ("Lily lost her toy in the park and she cried. Then Mom found the toy, and Lily smiled and "

@@ -29,9 +29,9 @@ import jax
 import numpy as np
 
 import interpjax
-from interpjax import skill_neurons as sn
-from interpjax.loading import model_label
-from interpjax.plots import save_figure
+from interpjax.methods import skill_neurons as sn
+from interpjax.io.loading import model_label
+from interpjax.io.plots import save_figure
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parents[1].parent / "shared" / "models" / "llama2c-stories260k"
@@ -96,7 +96,7 @@ def encoder_setting(quick, seed):
     spec = importlib.util.spec_from_file_location("space_time_run", HERE.parent / "space_time" / "run.py")
     st = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(st)
-    from interpjax import probes
+    from interpjax.methods import probes
 
     model = interpjax.load(str(st.minilm_folder()))
     cities = st.load_cities(300 if quick else 1500)

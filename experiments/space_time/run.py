@@ -115,7 +115,7 @@ def tokenize(tokenizer, texts, spans):
 def collect_features(model, seqs, name_pos, pool: str, acts_dir, batch_size: int = 64) -> np.ndarray:
     """Residual stream at the city name, [L + 1, N, D]: the embedding then every layer's output;
     "last" = last token of the name, "mean" = mean over the name's tokens."""
-    from interpjax.activations import collect
+    from interpjax.io.activations import collect
 
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; choose one of {POOLS}")
@@ -151,7 +151,7 @@ def fit_probes(X, y, train, test, *, mlp_hidden: int, mlp_steps: int, seed: int)
     """Ridge (CV alpha), a shuffled-label ridge control and a 2-layer MLP on all layers at once."""
     import jax
 
-    from interpjax import probes
+    from interpjax.methods import probes
 
     Xtr, Xte, ytr, yte = X[:, train], X[:, test], y[train], y[test]
     # all layers in one program (probes run each eigendecomposition alone under single-threaded BLAS,
@@ -271,7 +271,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import interpjax
-    from interpjax.loading import model_label
+    from interpjax.io.loading import model_label
 
     t0 = time.time()
     source = args.model or str(minilm_folder())
@@ -287,7 +287,7 @@ def main(argv=None) -> dict:
     t_acts = time.time() - t0
     log(f"activations {X.shape} collected")
     y = np.asarray([[c["latitude"], c["longitude"]] for c in cities], np.float32)
-    from interpjax.probes import split
+    from interpjax.methods.probes import split
 
     train, test = split(len(cities), args.test_frac, args.seed)
     fit = fit_probes(X, y, train, test, mlp_hidden=args.mlp_hidden, mlp_steps=args.mlp_steps, seed=args.seed)

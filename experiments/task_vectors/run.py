@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from interpjax import Config
-from interpjax import task_vectors as tv
-from interpjax.loading import model_label
-from interpjax.plots import save_figure
+from interpjax.methods import task_vectors as tv
+from interpjax.io.loading import model_label
+from interpjax.io.plots import save_figure
 from interpjax.train import TrainConfig, train_in_memory
 from interpjax.worlds import icl
 
@@ -98,7 +98,7 @@ def per_prompt_vectors(cfg, params, tasks, k, layer, make, n=40):
 def task_identity_probe(X, labels, n_tasks, seed=0):
     """Held-out accuracy per layer of a logistic probe reading the task from last-position states:
     whether the ICL prompt's last residual carries the task at all."""
-    from interpjax import probes
+    from interpjax.methods import probes
 
     tr, te = probes.split(len(labels), 0.3, seed)
     probe = probes.fit_logistic(X[:, tr], labels[tr], n_tasks, steps=300, seed=seed)

@@ -26,9 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "logit_lens"))  # the shared story generator and corpus
 
 import interpjax  # noqa: E402
-from interpjax import lens as LZ  # noqa: E402
-from interpjax.plots import heatmap  # noqa: E402
-from interpjax.train import TrainConfig  # noqa: E402
+from interpjax.methods import lens as LZ
+from interpjax.io.plots import heatmap
+from interpjax.train import TrainConfig
 from stories import corpus_stories, story_stream  # noqa: E402
 
 MODELS = Path(os.environ.get("INTERPJAX_MODELS", HERE.parents[2] / "shared" / "models"))
@@ -56,7 +56,7 @@ def plot_layers(metrics: dict, path: Path, key: str, ylabel: str, log: bool):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from interpjax.plots import save_figure
+    from interpjax.io.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for (lens_name, set_name), m in metrics.items():
@@ -80,7 +80,7 @@ def plot_depth(hists: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from interpjax.plots import save_figure
+    from interpjax.io.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     n = len(next(iter(hists.values())))

@@ -10,7 +10,7 @@ recompute, chunking to a memory budget, sharding over devices and hosts, and res
 from .engine import Plan, default_memory_budget, param_shardings, plan_sweep, sweep
 from .grid import Axis, Grid, Ref, Space, axis, from_stacked, product, zip
 from .plot import Labelled, heatmap
-from .readout import Readout
+from ..core.readout import Readout
 from .standard import ablation, head_patching, patching, steering, token_labels
 
 __all__ = ["Axis", "Grid", "Labelled", "ablation", "head_patching", "heatmap", "patching", "steering", "token_labels", "Plan", "Readout", "Ref", "Space", "axis", "default_memory_budget", "from_stacked",

@@ -12,14 +12,14 @@ import bisect
 
 import numpy as np
 
-from .. import interventions as ivmod
-from ..sites import ATTN_SITES, LAYER_SITES
-from .grid import Grid, _is_ref
+from ..core import interventions as ivmod
+from ..core.sites import ATTN_SITES, LAYER_SITES
+from .grid import Grid, is_ref
 
 
 def _field_min(grid: Grid, leaf, reduce_from: int, normalise=None):
     """Per-variant minimum (flattened grid order) of an index field; ``normalise`` maps negatives."""
-    if _is_ref(leaf):
+    if is_ref(leaf):
         d = np.asarray(leaf.data)
         k = len(leaf.axes)
         if normalise is not None:

@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import interventions as ivmod
-from .. import model as M
-from ..sites import ATTN_SITES, LAYER_SITES, n_heads_at, site_shape
+from ..core import interventions as ivmod
+from ..core import model as M
+from ..core.sites import ATTN_SITES, LAYER_SITES, n_heads_at, site_shape
 from . import analysis
-from .grid import Grid, _is_ref
-from .readout import Readout
+from .grid import Grid, is_ref
+from ..core.readout import Readout
 
 __all__ = ["Plan", "plan_sweep", "sweep", "default_memory_budget"]
 
@@ -39,7 +39,7 @@ MAX_CHUNK_PER_DEVICE = 4096
 # small helpers
 
 
-def _unpack_model(model):
+def unpack_model(model):
     if isinstance(model, tuple) and len(model) == 2:
         return model
     if hasattr(model, "cfg") and hasattr(model, "params"):
@@ -99,8 +99,8 @@ def _validate(cfg, params, grid: Grid, base_ivs, B, T):
             checks.append(("heads", n_heads_at(cfg, iv.site), "head"))
         for fld, size, what in checks:
             leaf = getattr(iv, fld, None)
-            if _is_ref(leaf):
-                ivmod._check_indices(f"{name}.{fld} (grid axes {[grid.axes[a].name for a in leaf.axes]})",
+            if is_ref(leaf):
+                ivmod.check_indices(f"{name}.{fld} (grid axes {[grid.axes[a].name for a in leaf.axes]})",
                                      leaf.data, size, what)
 
 
@@ -257,7 +257,7 @@ def _packed_one(st, params, base, base_ivs, shared, tokens, mask, posids, first)
         same = jnp.concatenate([jnp.arange(S0)[None, :] < row_start[:, None], seg[:, None] == seg[None, :]], axis=1)
         ctx["allowed_BTS"] = ctx["allowed_BTS"] & same[None]
         x = jnp.take(x_first, rpos, axis=1)
-        x = M._run_layers(cfg, params, x, ctx, (), (), (), past_kv=past, first=first, apply=apply)[0]
+        x = M.run_layers(cfg, params, x, ctx, (), (), (), past_kv=past, first=first, apply=apply)[0]
 
         def read(vals_j, s_j, off_j):
             ivs = base_ivs + _fill(st, vals_j, shared)
@@ -320,12 +320,12 @@ def _chunk_program(st: _Static, params, base, base_ivs, shared, datas, idx, toke
         one = _packed_one(st, params, base, base_ivs, shared, tokens, mask, posids, first)
         gathered = (gathered, tuple(layout))
     elif st.mode == "plain":
-        _, brec = M._run(cfg, params, tokens, mask, pos, base_ivs, ("final",), ())
+        _, brec = M.run(cfg, params, tokens, mask, pos, base_ivs, ("final",), ())
         base_final = brec["final"]
 
         def one(vals):
             ivs = base_ivs + _fill(st, vals, shared)
-            _, rec = M._run(cfg, params, tokens, mask, pos, ivs, ("final",), ())
+            _, rec = M.run(cfg, params, tokens, mask, pos, ivs, ("final",), ())
             final = rec["final"]
             no_final = tuple(iv for iv in ivs if iv.site != "final")
             base_ro = lambda: Readout(cfg, params, T, lambda p: jnp.take(base_final, p, axis=1), lambda: base_final,
@@ -352,7 +352,7 @@ def _chunk_program(st: _Static, params, base, base_ivs, shared, datas, idx, toke
             else:
                 x = base["resid_in"][L][:, s:]
             if start < n:
-                x = M._run_layers(cfg, params, x, ctx, seg, (), (), start=start, past_kv=past,
+                x = M.run_layers(cfg, params, x, ctx, seg, (), (), start=start, past_kv=past,
                                   first=first if dynamic else None)[0]
             return st.metric(_segment_readouts(st, params, base, ivs, x, base_ivs, tokens))
 
@@ -381,7 +381,7 @@ def _base_program(cfg, params, tokens, mask, pos, base_ivs):
     ctx = M.make_ctx(cfg, slot_BT, mask, slot_BT, mask, rope_pos_BT=posids)
     raw = M.embed(cfg, params, tokens, posids)
     x0 = ivmod.apply_at(tuple(base_ivs), "embed", raw)
-    x, rec, kv = M._run_layers(cfg, params, x0, ctx, tuple(base_ivs), ("resid_post",), tuple(range(cfg.n_layers)),
+    x, rec, kv = M.run_layers(cfg, params, x0, ctx, tuple(base_ivs), ("resid_post",), tuple(range(cfg.n_layers)),
                                return_kv=True)
     # resid_in[l]: the residual entering layer l (resid_in[n_layers]: leaving the last layer)
     return {"embed": raw, "resid_in": jnp.concatenate([x0[None], rec["resid_post"]]), "k": kv[0], "v": kv[1]}
@@ -516,8 +516,8 @@ def plan_sweep(model, tokens, grid: Grid, metric: Callable | None = None, *, att
                memory_budget: int | None = None, micro_rows: int | None = None, mesh=None,
                _readout_floats: int = 0) -> Plan:
     """The plan ``sweep`` would run (validates everything; computes nothing on the model)."""
-    cfg, params = _unpack_model(model)
-    tokens_BT, mask, _, base_ivs = M._prepare(cfg, params, tokens, attention_mask, interventions)
+    cfg, params = unpack_model(model)
+    tokens_BT, mask, _, base_ivs = M.prepare(cfg, params, tokens, attention_mask, interventions)
     B, T = tokens_BT.shape
     _validate(cfg, params, grid, base_ivs, B, T)
     if micro_rows is not None and (not isinstance(micro_rows, (int, np.integer)) or micro_rows < 0):
@@ -732,10 +732,10 @@ def _digest(*objs):
 
 
 def _grid_digest(grid):
-    leaves, treedef = jax.tree.flatten(grid.template, is_leaf=_is_ref)
+    leaves, treedef = jax.tree.flatten(grid.template, is_leaf=is_ref)
     parts = [str(treedef), grid.names, grid.shape, [str(a.ticks) for a in grid.axes]]
     for l in leaves:
-        parts.append((l.axes, l.data) if _is_ref(l) else l)
+        parts.append((l.axes, l.data) if is_ref(l) else l)
     return _digest(*parts)
 
 
@@ -803,7 +803,7 @@ def _metric_check(cfg, params, tokens, mask, pos, grid, base_ivs, metric, metric
     ivs = tuple(base_ivs) + tuple(grid.variant(0))
 
     def one(params):
-        _, rec = M._run(cfg, params, tokens, mask, pos, ivs, ("final",), ())
+        _, rec = M.run(cfg, params, tokens, mask, pos, ivs, ("final",), ())
         f = rec["final"]
         ro = Readout(cfg, params, tokens.shape[1], lambda p: jnp.take(f, p, axis=1), lambda: f,
                      tuple(iv for iv in ivs if iv.site != "final"), lambda: ro, tokens=tokens)
@@ -845,8 +845,8 @@ def sweep(model, tokens, grid: Grid, metric: Callable, *, attention_mask=None, i
     to the cache; 0 = off). ``checkpoint_dir`` makes the sweep resumable. ``on_chunk(i, values)`` is called after
     each newly computed chunk.
     """
-    cfg, params = _unpack_model(model)
-    tokens_BT, mask, pos, base_ivs = M._prepare(cfg, params, tokens, attention_mask, interventions)
+    cfg, params = unpack_model(model)
+    tokens_BT, mask, pos, base_ivs = M.prepare(cfg, params, tokens, attention_mask, interventions)
     B, T = tokens_BT.shape
     _validate(cfg, params, grid, base_ivs, B, T)
     out_struct, requested = _metric_check(cfg, params, tokens_BT, mask, pos, grid, base_ivs, metric, metric_shape)
@@ -904,10 +904,10 @@ def _execute(cfg, params, tokens, mask, pos, base_ivs, grid, metric, plan, mesh,
     tok_d, mask_d = _put(tokens, rep), _put(mask, rep)
     pos_d = None if pos is None else _put(pos, rep)
     base_ivs_d = jax.tree.map(lambda a: _put(jnp.asarray(a), rep) if hasattr(a, "shape") else a, base_ivs)
-    leaves, treedef = jax.tree.flatten(grid.template, is_leaf=_is_ref)
+    leaves, treedef = jax.tree.flatten(grid.template, is_leaf=is_ref)
     slots, shared, datas = [], [], []
     for l in leaves:
-        if _is_ref(l):
+        if is_ref(l):
             slots.append(("ref", l.axes))
             datas.append(_put(jnp.asarray(l.data), rep))
         elif isinstance(l, (bool, int, float)):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from .. import interventions as ivmod
+from ..core import interventions as ivmod
 
 __all__ = ["Axis", "Grid", "Ref", "Space", "axis", "from_stacked", "product", "zip"]
 
@@ -140,7 +140,7 @@ class Space:
         return Grid(ivs, self.axes)
 
 
-def _is_ref(x):
+def is_ref(x):
     return isinstance(x, Ref)
 
 
@@ -152,8 +152,8 @@ class Grid:
     axes: tuple
 
     def __post_init__(self):
-        for path, leaf in jax.tree_util.tree_flatten_with_path(self.template, is_leaf=_is_ref)[0]:
-            if _is_ref(leaf):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(self.template, is_leaf=is_ref)[0]:
+            if is_ref(leaf):
                 want = tuple(self.axes[i].size for i in leaf.axes)
                 got = tuple(leaf.data.shape[: len(leaf.axes)])
                 if got != want:
@@ -177,7 +177,7 @@ class Grid:
         return int(np.prod(self.shape, dtype=np.int64))
 
     def refs(self) -> list:
-        return [l for l in jax.tree.leaves(self.template, is_leaf=_is_ref) if _is_ref(l)]
+        return [l for l in jax.tree.leaves(self.template, is_leaf=is_ref) if is_ref(l)]
 
     def unravel(self, flat_idx):
         """Flat variant indices -> one index array per axis (row-major)."""
@@ -186,8 +186,8 @@ class Grid:
     def variant(self, i) -> tuple:
         """The concrete interventions of variant ``i`` (a flat index or a tuple of axis indices)."""
         idx = tuple(int(j) for j in (np.unravel_index(int(i), self.shape) if np.ndim(i) == 0 else i))
-        return jax.tree.map(lambda l: l.data[tuple(idx[a] for a in l.axes)] if _is_ref(l) else l,
-                            self.template, is_leaf=_is_ref)
+        return jax.tree.map(lambda l: l.data[tuple(idx[a] for a in l.axes)] if is_ref(l) else l,
+                            self.template, is_leaf=is_ref)
 
     def stacked(self) -> tuple:
         """The interventions with every varying field broadcast to leading grid axes ``shape``
@@ -195,7 +195,7 @@ class Grid:
         nd = len(self.shape)
 
         def expand(l):
-            if not _is_ref(l):
+            if not is_ref(l):
                 return l
             d = np.asarray(l.data)
             shape = [1] * nd
@@ -204,7 +204,7 @@ class Grid:
             d = d.reshape(tuple(shape) + d.shape[len(l.axes):])
             return np.broadcast_to(d, self.shape + d.shape[nd:])
 
-        return jax.tree.map(expand, self.template, is_leaf=_is_ref)
+        return jax.tree.map(expand, self.template, is_leaf=is_ref)
 
 
 def from_stacked(interventions, names, ticks=None) -> Grid:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .. import model as M
-from ..interventions import ABLATE_KINDS, Ablate, Add, Patch
-from ..sites import LAYER_SITES, feature_shape
+from ..core import model as M
+from ..core.interventions import ABLATE_KINDS, Ablate, Add, Patch
+from ..core.sites import LAYER_SITES, feature_shape
 from . import grid as G
-from .engine import _unpack_model, sweep
+from .engine import unpack_model, sweep
 from .plot import Labelled
 
 __all__ = ["ablation", "head_patching", "patching", "steering", "token_labels"]
@@ -74,7 +74,7 @@ def patching(model, clean, corrupted, metric, site: str = "resid_pre", by=("laye
              positions=None, **sweep_kw) -> Labelled:
     """Activation patching: run ``corrupted`` with ``site[layer][:, position]`` replaced by the
     clean run's value; ``by`` is ("layer", "position") or ("layer",) (all positions at once)."""
-    cfg, params = _unpack_model(model)
+    cfg, params = unpack_model(model)
     if site not in RESID_SITES:
         raise ValueError(f"patching site {site!r} not supported; valid: {RESID_SITES} (heads: head_patching)")
     by = tuple(by)
@@ -98,7 +98,7 @@ def head_patching(model, clean, corrupted, metric, site: str = "z", by=("layer",
                   positions=None, **sweep_kw) -> Labelled:
     """Per-head patching of ``z`` or ``pattern`` from the clean run into ``corrupted``; ``by`` is
     ("layer", "head"), ("layer", "head", "position") or ("head", "position") (then give one layer)."""
-    cfg, params = _unpack_model(model)
+    cfg, params = unpack_model(model)
     if site not in HEAD_PATCH_SITES:
         raise ValueError(f"head patching site {site!r} not supported; valid: {HEAD_PATCH_SITES}")
     by = tuple(by)
@@ -136,7 +136,7 @@ def steering(model, tokens, vector, coeffs, metric, layers=None, site: str = "re
              **sweep_kw) -> Labelled:
     """Steering: ``site[layer] += coeff * vector`` (at ``positions``, default all) for every layer x
     coefficient."""
-    cfg, params = _unpack_model(model)
+    cfg, params = unpack_model(model)
     if site not in RESID_SITES:
         raise ValueError(f"steering site {site!r} not supported; valid: {RESID_SITES}")
     ls = _layers(cfg, layers)
@@ -156,7 +156,7 @@ def ablation(model, tokens, metric, kind: str = "zero", per: str = "layer", site
     """Ablate ``site`` per layer (default ``attn_out``) or per head (default ``z``): ``kind`` is
     zero, mean (over every token of ``source_tokens``, default ``tokens``) or resample (each prompt's
     activations replaced by a random source prompt's, drawn with ``key``)."""
-    cfg, params = _unpack_model(model)
+    cfg, params = unpack_model(model)
     if kind not in ABLATE_KINDS:
         raise ValueError(f"ablation kind {kind!r}; valid: {ABLATE_KINDS}")
     if per not in ("layer", "head"):

@@ -1,0 +1,78 @@
+"""The thin convenience ``Model``: a config, params and tokenizer bound to the pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from ..io.loading import load_params, load_tokenizer
+from .model import forward, run_with_cache
+from .sites import list_sites
+
+
+@dataclass(frozen=True)
+class Model:
+    """``model(tokens, ...)`` runs with the bound params; ``model.apply(params, tokens, ...)`` is the
+    pure function of params (what you jit, vmap or differentiate with respect to weights)."""
+
+    cfg: Config
+    params: dict
+    tokenizer: Any = None
+    name: str = ""
+
+    def apply(self, params, tokens, attention_mask=None, interventions=None, **kw):
+        return forward(self.cfg, params, tokens, attention_mask, interventions, **kw)
+
+    def __call__(self, tokens, attention_mask=None, interventions=None, **kw):
+        return forward(self.cfg, self.params, tokens, attention_mask, interventions, **kw)
+
+    def run_with_cache(self, tokens, sites=None, layers=None, attention_mask=None, interventions=None, **kw):
+        return run_with_cache(self.cfg, self.params, tokens, sites, layers, attention_mask, interventions, **kw)
+
+    def generate(self, prompts, max_new_tokens: int, interventions=None, **kw):
+        """KV-cache generation (see ``interpjax.generate.generate``); ``prompts`` may be text(s),
+        which are tokenized left-padded, or token ids [B, T] with ``attention_mask=`` in ``kw``."""
+        from ..generate import generate
+
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
+            prompts, kw["attention_mask"] = self.to_tokens(prompts)
+        return generate(self.cfg, self.params, prompts, max_new_tokens, interventions, **kw)
+
+    def sites(self, batch: int = 1, seq: int | None = None) -> list[dict]:
+        return list_sites(self.cfg, batch, seq)
+
+    def to_tokens(self, texts, prepend_bos: bool | None = None):
+        """Tokenize one text or a list: (tokens [B, T] int32, attention_mask [B, T]), left-padded."""
+        if self.tokenizer is None:
+            raise ValueError(f"model {self.name!r} has no tokenizer; pass token ids instead")
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if not texts:
+            raise ValueError("no texts to tokenize")
+        tok = self.tokenizer
+        ids = [tok(t, add_special_tokens=True if prepend_bos is None else prepend_bos)["input_ids"] for t in texts]
+        if prepend_bos and tok.bos_token_id is not None:
+            ids = [i if i[:1] == [tok.bos_token_id] else [tok.bos_token_id] + i for i in ids]
+        empty = [t for t, i in zip(texts, ids) if not i]
+        if empty:
+            raise ValueError(f"texts tokenize to nothing: {empty[:3]}")
+        T = max(len(i) for i in ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        tokens = np.full((len(ids), T), pad, np.int32)
+        mask = np.zeros((len(ids), T), np.int32)
+        for r, i in enumerate(ids):
+            tokens[r, T - len(i):] = i
+            mask[r, T - len(i):] = 1
+        return tokens, mask
+
+    def to_string(self, ids) -> str:
+        return self.tokenizer.decode(list(np.asarray(ids).tolist()))
+
+
+def load(name_or_path: str, dtype="float32", allow_pickle: bool = False, revision: str | None = None) -> Model:
+    """Load a Hugging Face checkpoint (local folder or hub id) as a ``Model``."""
+    cfg, params, folder = load_params(name_or_path, dtype, allow_pickle, revision)
+    return Model(cfg=cfg, params=params, tokenizer=load_tokenizer(folder), name=str(name_or_path))

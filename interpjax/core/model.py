@@ -1,0 +1,486 @@
+"""The canonical decoder: embed -> lax.scan over stacked layers -> final norm -> unembed.
+
+Every supported family runs through this one function, driven by a frozen ``Config``. Per-layer
+weights carry a leading layer axis and the layer loop is a ``lax.scan`` whose index is a traced
+value, so compile time does not grow with depth and "which layer" can be a vmapped array.
+
+Interventions are applied at every site as ``where(layer == iv.layer, edit(x), x)``; requested
+activations are recorded into buffers sized by what was asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from . import interventions as ivmod
+from .config import Config
+from .sites import ATTN_SITES, LAYER_SITES, SITES, check_site, site_shape
+
+F32 = jnp.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def norm(cfg: Config, p: dict, x):
+    """LayerNorm or RMSNorm, computed in float32 and cast back like the HF reference."""
+    xf = x.astype(F32)
+    if cfg.norm == "rmsnorm":
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + cfg.norm_eps)
+        return y.astype(x.dtype) * p["scale"]
+    mu = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
+    y = (xf - mu) * jax.lax.rsqrt(var + cfg.norm_eps) * p["scale"].astype(F32)
+    if "bias" in p:
+        y = y + p["bias"].astype(F32)
+    return y.astype(x.dtype)
+
+
+def activation(name: str, x):
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_tanh", "gelu_fast"):
+        return jax.nn.gelu(x, approximate=True)
+    if name == "silu":
+        return jax.nn.silu(x)
+    if name == "relu":
+        return jax.nn.relu(x)
+    if name == "quick_gelu":
+        return x * jax.nn.sigmoid(1.702 * x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def rope_inv_freq(cfg: Config) -> np.ndarray:
+    """Inverse frequencies of the rotary embedding (float32, with llama3/linear scaling)."""
+    R = cfg.rotary_dim
+    inv = 1.0 / (np.float32(cfg.rotary_base) ** (np.arange(0, R, 2, dtype=np.int64).astype(np.float32) / np.float32(R)))
+    inv = inv.astype(np.float32)
+    if cfg.rope_scaling == "linear":
+        inv = inv / np.float32(cfg.rope_factor)
+    elif cfg.rope_scaling == "llama3":
+        f, lo, hi, old = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_ctx
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / f, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / f + smooth * scaled
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def rotary_tables(cfg: Config, pos_BT):
+    """cos/sin tables [B, T, R] laid out for the config's rotary style."""
+    angles = pos_BT.astype(F32)[..., None] * jnp.asarray(rope_inv_freq(cfg))  # [B, T, R/2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    if cfg.rotary_style == "half":
+        return jnp.concatenate([cos, cos], -1), jnp.concatenate([sin, sin], -1)
+    return jnp.repeat(cos, 2, axis=-1), jnp.repeat(sin, 2, axis=-1)
+
+
+def apply_rotary(cfg: Config, x_BTNH, cos_BTR, sin_BTR):
+    R = cfg.rotary_dim
+    xr, xp = x_BTNH[..., :R], x_BTNH[..., R:]
+    if cfg.rotary_style == "half":
+        x1, x2 = xr[..., : R // 2], xr[..., R // 2:]
+        rotated = jnp.concatenate([-x2, x1], -1)
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        rotated = jnp.stack([-x2, x1], -1).reshape(xr.shape)
+    cos, sin = cos_BTR[:, :, None, :].astype(x_BTNH.dtype), sin_BTR[:, :, None, :].astype(x_BTNH.dtype)
+    out = xr * cos + rotated * sin
+    return jnp.concatenate([out, xp], -1) if R < x_BTNH.shape[-1] else out
+
+
+# ---------------------------------------------------------------------------------------------
+# one layer
+
+
+def attention(cfg: Config, p: dict, x_BTD, ctx, tap, past_kv=None):
+    """Attention of the T new positions over S keys: ``past_kv`` (post-rotary [B, S0, K, H] keys
+    and values of earlier positions, or None) followed by the new positions themselves.
+    Returns (attn_out, (k, v)) with the new positions' post-rotary keys and values."""
+    B, T, _ = x_BTD.shape
+    N, K, H = cfg.n_heads, cfg.kv_heads, cfg.d_head
+    G = N // K
+    q = jnp.einsum("btd,dnh->btnh", x_BTD, p["q"])
+    k = jnp.einsum("btd,dkh->btkh", x_BTD, p["k"])
+    v = jnp.einsum("btd,dkh->btkh", x_BTD, p["v"])
+    if cfg.qkv_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    q, k, v = tap("q", q), tap("k", k), tap("v", v)
+    if cfg.positions == "rotary":
+        q = apply_rotary(cfg, q, ctx["cos"], ctx["sin"])
+        k = apply_rotary(cfg, k, ctx["cos"], ctx["sin"])
+    k_all, v_all = k, v
+    if past_kv is not None:
+        k_all = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
+        v_all = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
+    S = k_all.shape[1]
+    scores = jnp.einsum("btkgh,bskh->bkgts", q.reshape(B, T, K, G, H), k_all, preferred_element_type=F32)
+    scores = scores.reshape(B, N, T, S) * F32(cfg.scale)
+    allowed = ctx["allowed_BTS"] & ((ctx["window"] == 0) | (ctx["dist_BTS"] < ctx["window"]))
+    scores = jnp.where(allowed[:, None], scores, F32(ivmod.MASK_VALUE))
+    scores = tap("attn_scores", scores)
+    pattern = tap("pattern", jax.nn.softmax(scores, axis=-1))
+    z = jnp.einsum("bkgts,bskh->btkgh", pattern.astype(v.dtype).reshape(B, K, G, T, S), v_all)
+    z = tap("z", z.reshape(B, T, N, H))
+    out = jnp.einsum("btnh,nhd->btd", z, p["o"])
+    if cfg.o_bias:
+        out = out + p["o_bias"]
+    return tap("attn_out", out), (k, v)
+
+
+def mlp(cfg: Config, p: dict, x_BTD, tap):
+    pre = jnp.einsum("btd,df->btf", x_BTD, p["gate" if cfg.mlp == "gated" else "up"])
+    if cfg.mlp_bias:
+        pre = pre + p["gate_bias" if cfg.mlp == "gated" else "up_bias"]
+    pre = tap("mlp_pre", pre)
+    post = activation(cfg.activation, pre)
+    if cfg.mlp == "gated":
+        up = jnp.einsum("btd,df->btf", x_BTD, p["up"])
+        if cfg.mlp_bias:
+            up = up + p["up_bias"]
+        post = post * up
+    post = tap("mlp_post", post)
+    out = jnp.einsum("btf,fd->btd", post, p["down"])
+    if cfg.mlp_bias:
+        out = out + p["down_bias"]
+    return tap("mlp_out", out)
+
+
+def block(cfg: Config, p: dict, x_BTD, ctx, tap, past_kv=None):
+    """One layer; returns (resid_post, (k, v) of the new positions)."""
+    x = tap("resid_pre", x_BTD)
+    if cfg.post_norm:  # BERT: normalise after each residual add
+        attn_out, kv = attention(cfg, p["attn"], x, ctx, tap, past_kv)
+        mid = tap("resid_mid", norm(cfg, p["ln1"], x + attn_out))
+        return tap("resid_post", norm(cfg, p["ln2"], mid + mlp(cfg, p["mlp"], mid, tap))), kv
+    h = norm(cfg, p["ln1"], x)
+    attn_out, kv = attention(cfg, p["attn"], h, ctx, tap, past_kv)
+    mid = tap("resid_mid", x + attn_out)
+    if cfg.parallel_residual:
+        mlp_in = h if cfg.shared_norm else norm(cfg, p["ln2"], x)
+    else:
+        mlp_in = norm(cfg, p["ln2"], mid)
+    return tap("resid_post", mid + mlp(cfg, p["mlp"], mlp_in, tap)), kv
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole model
+
+
+def positions_from_mask(mask_BT):
+    """Position ids that skip padding: a left-padded row counts from its first real token."""
+    return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def embed(cfg: Config, params: dict, tokens_BT, pos_BT, types_BT=None):
+    """Token (+ learned position, + token type) embedding, then the embedding norm if any."""
+    x = jnp.take(params["embed"]["tok"], tokens_BT, axis=0)
+    if cfg.positions == "learned":
+        x = x + jnp.take(params["embed"]["pos"], pos_BT, axis=0)
+    if cfg.type_vocab_size:
+        types = jnp.zeros_like(tokens_BT) if types_BT is None else types_BT
+        x = x + jnp.take(params["embed"]["type"], types, axis=0)
+    if cfg.embed_norm:
+        x = norm(cfg, params["embed"]["norm"], x)
+    return x
+
+
+def unembed(cfg: Config, params: dict, final_BTD):
+    """The output head on final hidden states [..., D]: logits [..., V] ([..., D] for head="none")."""
+    if cfg.head == "none":
+        return final_BTD
+    x = final_BTD
+    if cfg.head == "bert_mlm":
+        h = params["head"]
+        x = activation(cfg.activation, jnp.einsum("...d,de->...e", x, h["w"]) + h["b"])
+        x = norm(cfg, h["norm"], x)
+    if cfg.tie_embeddings:
+        logits = jnp.einsum("...d,vd->...v", x, params["embed"]["tok"])
+    else:
+        logits = jnp.einsum("...d,dv->...v", x, params["unembed"]["w"])
+    if cfg.unembed_bias:
+        logits = logits + params["unembed"]["b"]
+    return logits
+
+
+def final_norm(cfg: Config, params: dict, x_BTD):
+    """The final norm (identity for models without one, e.g. BERT)."""
+    return norm(cfg, params["final_norm"], x_BTD) if cfg.final_norm else x_BTD
+
+
+def final_logits(cfg: Config, params: dict, x_BTD):
+    """Final norm + head of a last-layer residual, without taps (for lenses and segment runs)."""
+    return unembed(cfg, params, final_norm(cfg, params, x_BTD))
+
+
+def compute_dtype(params: dict):
+    return params["embed"]["tok"].dtype
+
+
+def _make_tap(ivs: tuple, layer_index, wanted: tuple, sink: dict, apply=None):
+    """The hook every site passes through: apply this site's interventions (or ``apply(site, x,
+    layer_index)`` when given), record if wanted."""
+
+    def tap(site, x):
+        x = apply(site, x, layer_index) if apply is not None else ivmod.apply_at(ivs, site, x, layer_index)
+        if site in wanted:
+            sink[site] = x
+        return x
+
+    return tap
+
+
+def make_ctx(cfg: Config, q_pos_BT, q_valid_BT, k_pos_BS, k_valid_BS, *, rope_pos_BT=None):
+    """Attention context for T query positions over S keys (past keys first, then the queries).
+
+    ``q_pos``/``k_pos`` are sequence indices (buffer slots): they decide causality (key index <=
+    query index unless ``cfg.causal`` is False) and local windows (query index - key index < w).
+    ``k_valid`` masks padding keys. ``rope_pos_BT`` are the position ids the rotary embedding uses
+    for the queries (default ``q_pos``; pass ids that skip left padding). ``q_valid`` is accepted
+    for symmetry: outputs at invalid (padding) queries are unspecified and should be ignored.
+    """
+    del q_valid_BT
+    allowed = jnp.broadcast_to(k_valid_BS[:, None, :] > 0, (q_pos_BT.shape[0], q_pos_BT.shape[1], k_pos_BS.shape[1]))
+    if cfg.causal:
+        allowed = allowed & (k_pos_BS[:, None, :] <= q_pos_BT[:, :, None])
+    ctx = {"allowed_BTS": allowed, "dist_BTS": q_pos_BT[:, :, None] - k_pos_BS[:, None, :]}
+    if cfg.positions == "rotary":
+        ctx["cos"], ctx["sin"] = rotary_tables(cfg, q_pos_BT if rope_pos_BT is None else rope_pos_BT)
+    return ctx
+
+
+def _record_shape(cfg: Config, site: str, B: int, T: int, S: int):
+    return (B, cfg.n_heads, T, S) if site in ATTN_SITES else site_shape(cfg, site, B, T)
+
+
+def run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple, layers: tuple,
+                start: int = 0, stop: int | None = None, past_kv=None, return_kv: bool = False,
+                remat: bool = False, first=None, apply=None):
+    """Run layers ``start..stop-1`` (static) on the residual ``x_BTD`` of T positions.
+
+    ``first``: an optional traced layer index; layers below it pass ``x`` through unchanged (a
+    ``lax.cond`` per layer), so one compiled program serves every start layer (the sweep engine
+    packs variants that start at different layers into one program this way). ``apply(site, x,
+    layer_index)`` replaces the application of ``ivs`` at every site (the sweep engine's packed rows).
+
+    ``past_kv``: (k, v) [stop-start, B, S0, K, H] post-rotary keys/values of earlier positions for
+    those layers, attended before the new positions (``ctx`` must describe S0 + T keys). Layer
+    sites in ``record`` are recorded for ``layers`` (a subset of start..stop-1), stacked on a
+    leading axis. Returns (x, recorded, (k, v) [stop-start, B, T, K, H] if ``return_kv`` else None).
+    """
+    stop = cfg.n_layers if stop is None else stop
+    if not 0 <= start < stop <= cfg.n_layers:
+        raise ValueError(f"layer range {start}..{stop - 1} is not inside 0..{cfg.n_layers - 1}")
+    if first is not None and (record or return_kv or remat):
+        raise ValueError("a dynamic first layer cannot record activations, return keys/values or remat")
+    outside = [l for l in layers if not start <= l < stop]
+    if outside:
+        raise ValueError(f"cannot record layers {outside}: only layers {start}..{stop - 1} run here")
+    B, T, _ = x_BTD.shape
+    S = ctx["allowed_BTS"].shape[-1]
+    layer_record = tuple(s for s in record if s in LAYER_SITES)
+    all_layers = tuple(layers) == tuple(range(start, stop))
+    slot_of_layer = np.full(cfg.n_layers, len(layers), np.int32)
+    for i, layer in enumerate(layers):
+        slot_of_layer[layer] = i
+
+    def body(carry, xs):
+        x, bufs = carry
+        p, idx, window, past = xs
+        seen = {}
+        tap = _make_tap(ivs, idx, layer_record, seen, apply)
+        run = lambda p, x, w, past: block(cfg, p, x, dict(ctx, window=w), tap, past)
+        if remat:
+            if layer_record:
+                raise ValueError("remat=True cannot record layer activations")
+            run = jax.checkpoint(run)
+        if first is None:
+            y, kv = run(p, x, window, past)
+        else:
+            y, kv = jax.lax.cond(idx >= first, lambda: run(p, x, window, past)[0], lambda: x), None
+        out = {"kv": kv} if return_kv else {}
+        if all_layers:
+            out.update(seen)
+        elif layer_record:
+            slot = jnp.asarray(slot_of_layer)[idx]
+            bufs = {s: jax.lax.dynamic_update_index_in_dim(bufs[s], seen[s].astype(bufs[s].dtype), slot, 0)
+                    for s in bufs}
+        return (y, bufs), out
+
+    bufs = {}
+    if layer_record and not all_layers:
+        bufs = {s: jnp.zeros((len(layers) + 1,) + _record_shape(cfg, s, B, T, S), site_dtype(params, s))
+                for s in layer_record}
+    lp = params["layers"] if (start, stop) == (0, cfg.n_layers) else jax.tree.map(lambda a: a[start:stop], params["layers"])
+    xs = (lp, jnp.arange(start, stop), jnp.asarray(cfg.windows[start:stop], jnp.int32), past_kv)
+    (x, bufs), ys = jax.lax.scan(body, (x_BTD, bufs), xs)
+    recorded = {}
+    if layer_record:
+        recorded = {s: ys[s] for s in layer_record} if all_layers else {s: b[: len(layers)] for s, b in bufs.items()}
+    return x, recorded, (ys["kv"] if return_kv else None)
+
+
+def run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
+         remat: bool = False, types_BT=None):
+    """Run the model; returns (logits, {site: recorded activations}). ``record`` and ``layers``
+    are static: layer sites are recorded for ``layers`` only, stacked on a leading axis.
+    ``remat`` recomputes each layer in the backward pass instead of storing its activations."""
+    B, T = tokens_BT.shape
+    pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
+    idx = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+    ctx = make_ctx(cfg, idx, mask_BT, idx, mask_BT, rope_pos_BT=pos)
+    recorded = {}
+    global_tap = _make_tap(ivs, None, record, recorded)
+    x = global_tap("embed", embed(cfg, params, tokens_BT, pos, types_BT))
+    x, layer_acts, _ = run_layers(cfg, params, x, ctx, ivs, record, layers, remat=remat)
+    recorded.update(layer_acts)
+    final = global_tap("final", final_norm(cfg, params, x))
+    logits = global_tap("logits", unembed(cfg, params, final))
+    return logits, recorded
+
+
+def site_dtype(params: dict, site: str):
+    """Attention scores and patterns are kept in float32; everything else in the compute dtype."""
+    return F32 if site in ("attn_scores", "pattern") else compute_dtype(params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def run_jit(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_BT=None):
+    return run(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_BT=types_BT)
+
+
+def _check_types(cfg: Config, token_type_ids, shape):
+    """Validate token-type ids (BERT segment ids) against the config; None stays None."""
+    if token_type_ids is None:
+        return None
+    if not cfg.type_vocab_size:
+        raise ValueError("token_type_ids given but this model has no token-type embeddings (type_vocab_size=0)")
+    types = jnp.asarray(token_type_ids, jnp.int32)
+    if types.shape != tuple(shape):
+        raise ValueError(f"token_type_ids has shape {types.shape}; expected {tuple(shape)} like tokens")
+    top = ivmod.concrete(types)
+    if top is not None and (top.min() < 0 or top.max() >= cfg.type_vocab_size):
+        raise ValueError(f"token_type_ids must lie in 0..{cfg.type_vocab_size - 1}")
+    return types
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry points
+
+
+def prepare(cfg: Config, params: dict, tokens, attention_mask, interventions, position_ids=None):
+    """Validate everything before compute; returns (tokens_BT, mask_BT, pos_BT or None, interventions)."""
+    tokens = jnp.asarray(tokens) if not isinstance(tokens, jax.core.Tracer) else tokens
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+    if tokens.ndim == 1:
+        raise ValueError(f"tokens must be [batch, seq]; got shape {tokens.shape} (use tokens[None] for one sequence)")
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, seq]; got shape {tokens.shape}")
+    B, T = tokens.shape
+    if T > cfg.n_ctx:
+        raise ValueError(f"sequence length {T} exceeds the model context n_ctx={cfg.n_ctx}")
+    if T == 0:
+        raise ValueError("empty sequence: tokens has 0 positions")
+    concrete = ivmod.concrete(tokens)
+    if concrete is not None and concrete.size and (concrete.min() < 0 or concrete.max() >= cfg.vocab_size):
+        bad = concrete[(concrete < 0) | (concrete >= cfg.vocab_size)]
+        raise ValueError(f"token ids {sorted(set(bad.tolist()))[:5]} outside the vocabulary 0..{cfg.vocab_size - 1}")
+    if attention_mask is None:
+        mask = jnp.ones((B, T), jnp.int32)
+    else:
+        mask = attention_mask if isinstance(attention_mask, jax.core.Tracer) else jnp.asarray(attention_mask)
+        if mask.shape != (B, T):
+            raise ValueError(f"attention_mask has shape {mask.shape}; expected {(B, T)} like tokens")
+        mask = mask.astype(jnp.int32)
+    if position_ids is not None:
+        position_ids = jnp.asarray(position_ids, jnp.int32)
+        if position_ids.shape != (B, T):
+            raise ValueError(f"position_ids has shape {position_ids.shape}; expected {(B, T)} like tokens")
+        top = ivmod.concrete(position_ids)
+        if top is not None and (top.min() < 0 or top.max() >= cfg.n_ctx):
+            raise ValueError(f"position_ids must lie in 0..{cfg.n_ctx - 1}")
+    ivs = ivmod.compose(interventions) if interventions is not None else ()
+    ivmod.validate(ivs, cfg, B, T, compute_dtype(params))
+    return tokens, mask, position_ids, ivs
+
+
+def forward(cfg: Config, params: dict, tokens, attention_mask=None, interventions=None, *, position_ids=None,
+            token_type_ids=None):
+    """Logits [B, T, V] of ``tokens`` [B, T] with ``interventions`` (one, a sequence, or None).
+
+    Padding: ``attention_mask`` [B, T] (1 = real token) works with left or right padding; position
+    ids then skip the padding unless ``position_ids`` are given explicitly. Encoders with
+    ``head="none"`` return the final hidden states [B, T, D] instead of logits.
+    """
+    tokens, mask, pos, ivs = prepare(cfg, params, tokens, attention_mask, interventions, position_ids)
+    types = _check_types(cfg, token_type_ids, tokens.shape)
+    return run_jit(cfg, params, tokens, mask, pos, ivs, (), (), types)[0]
+
+
+@struct.dataclass
+class Cache:
+    """Recorded activations: ``cache[site]`` is stacked [layer, B, T, ...] over ``layers`` for layer
+    sites (plain [B, T, ...] for embed/final/logits); ``cache[site, layer]`` picks one layer."""
+
+    acts: dict
+    layers: tuple = struct.field(pytree_node=False)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            site, layer = key
+            if site not in self.acts:
+                raise KeyError(f"site {site!r} was not recorded; recorded: {sorted(self.acts)}")
+            if layer not in self.layers:
+                raise KeyError(f"layer {layer} was not recorded; recorded layers: {list(self.layers)}")
+            return self.acts[site][self.layers.index(layer)]
+        if key not in self.acts:
+            raise KeyError(f"site {key!r} was not recorded; recorded: {sorted(self.acts)}")
+        return self.acts[key]
+
+    def __contains__(self, site):
+        return site in self.acts
+
+    def keys(self):
+        return self.acts.keys()
+
+
+def _normalize_request(cfg: Config, sites, layers):
+    if isinstance(sites, str):
+        sites = (sites,)
+    sites = tuple(sites) if sites is not None else SITES
+    for s in sites:
+        check_site(s)
+    if layers is None:
+        layers = tuple(range(cfg.n_layers))
+    else:
+        layers = tuple(int(l) for l in np.atleast_1d(np.asarray(layers)))
+        bad = [l for l in layers if not 0 <= l < cfg.n_layers]
+        if bad:
+            raise ValueError(f"layers {bad} out of range: valid layers are 0..{cfg.n_layers - 1}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers {list(layers)} contain duplicates")
+    if not any(s in LAYER_SITES for s in sites):
+        layers = ()
+    return sites, layers
+
+
+def run_with_cache(cfg: Config, params: dict, tokens, sites=None, layers=None, attention_mask=None,
+                   interventions=None, *, position_ids=None, token_type_ids=None):
+    """(logits, Cache) recording only ``sites`` at ``layers`` (defaults: every site, every layer).
+
+    Recorded activations are the values after any intervention at that site.
+    """
+    sites, layers = _normalize_request(cfg, sites, layers)
+    tokens, mask, pos, ivs = prepare(cfg, params, tokens, attention_mask, interventions, position_ids)
+    types = _check_types(cfg, token_type_ids, tokens.shape)
+    logits, acts = run_jit(cfg, params, tokens, mask, pos, ivs, sites, layers, types)
+    return logits, Cache(acts=acts, layers=layers)

@@ -1,0 +1,521 @@
+"""Logit lens and tuned lens (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers
+with the Tuned Lens"): read what each layer's residual stream already predicts.
+
+Lens rows: row ``l < L`` decodes ``resid_pre`` of layer ``l`` (row 0 is the embedding), row ``L``
+decodes the last ``resid_post`` (= the model's own output). The logit lens sends every row through
+the final norm and the unembedding; the tuned lens first applies one learned affine translator per
+layer, ``A_l x + b_l`` with ``A_l = I + W_l`` (stored as ``W_l``, initialised at zero, so an untrained
+tuned lens *is* the logit lens, exactly). Translators are stacked [L, D, D] and all trained at once
+to minimise KL(final || lens) with the model frozen.
+
+    lg = logit_lens(cfg, params, tokens)                       # [L+1, B, T, V]
+    probs, ids = top_k(lg, 5)
+    trainer = TunedLensTrainer(cfg, params, TrainConfig(lr=1e-3, total_steps=500), "runs/tl", name=...)
+    trainer.train(TokenStream(texts_fn, tokenizer, batch=8, seq=128), steps=500)
+    tl = tuned_lens(trainer.lens, cfg, params, tokens)         # same rows, translated
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from ..core import model as M
+from ..core.config import Config
+from ..io.artifacts import atomic_write_text
+from ..train.trainer import TrainConfig, make_optimizer, restore_latest
+
+F32 = jnp.float32
+COLOR_BY = ("prob", "entropy")
+
+
+# ---------------------------------------------------------------------------------------------
+# residuals and the logit lens
+
+
+def lens_names(cfg: Config) -> list[str]:
+    """Row names of every lens output: ``resid_pre.0 .. resid_pre.{L-1}`` then ``resid_post.{L-1}``."""
+    return [f"resid_pre.{l}" for l in range(cfg.n_layers)] + [f"resid_post.{cfg.n_layers - 1}"]
+
+
+def _all_layers(cfg: Config) -> tuple:
+    return tuple(range(cfg.n_layers))
+
+
+def _residuals(cfg: Config, params: dict, tokens_BT, mask_BT):
+    """(model logits [B, T, V], residuals [L+1, B, T, D]) inside a trace; no validation."""
+    logits, acts = M.run(cfg, params, tokens_BT, mask_BT, None, (), ("resid_pre", "resid_post"), _all_layers(cfg))
+    resid = jnp.concatenate([acts["resid_pre"], acts["resid_post"][-1:]], axis=0)
+    return logits, resid
+
+
+def decode(cfg: Config, params: dict, resid_xD):
+    """Logits of residual vectors ``[..., D]`` through the model's final norm and unembedding.
+
+    Rows of a stack ``[R, B, T, D]`` are decoded one at a time (``lax.map``) with the very ops the
+    model's own head runs, so decoding the last ``resid_post`` reproduces the model's logits bitwise.
+    """
+    if resid_xD.shape[-1] != cfg.d_model:
+        raise ValueError(f"residual has width {resid_xD.shape[-1]}; the model's d_model is {cfg.d_model}")
+
+    def head(x_BTD):
+        return M.final_logits(cfg, params, x_BTD)
+
+    shape = resid_xD.shape
+    if resid_xD.ndim <= 3:
+        x = resid_xD.reshape((1,) * (3 - resid_xD.ndim) + shape)
+        return head(x).reshape(shape[:-1] + (-1,))
+    rows = resid_xD.reshape((-1,) + shape[-3:])
+    return jax.lax.map(head, rows).reshape(shape[:-1] + (-1,))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logit_lens_jit(cfg, params, tokens_BT, mask_BT):
+    _, resid = _residuals(cfg, params, tokens_BT, mask_BT)
+    return decode(cfg, params, resid)
+
+
+_residuals_jit = jax.jit(_residuals, static_argnums=0)
+
+
+def residual_stack(cfg: Config, params: dict, tokens, attention_mask=None):
+    """(model logits [B, T, V], residuals [L+1, B, T, D]) in lens-row order (see ``lens_names``)."""
+    tokens, mask, _, _ = M.prepare(cfg, params, tokens, attention_mask, None)
+    return _residuals_jit(cfg, params, tokens, mask)
+
+
+def logit_lens(cfg: Config, params: dict, tokens, attention_mask=None):
+    """Logit-lens logits [L+1, B, T, V]: every layer's residual decoded by the final norm + unembed."""
+    tokens, mask, _, _ = M.prepare(cfg, params, tokens, attention_mask, None)
+    return _logit_lens_jit(cfg, params, tokens, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading lens outputs
+
+
+def top_k(logits_xV, k: int):
+    """(probabilities, token ids) of the ``k`` most likely tokens at every row/position, ``[..., k]``."""
+    V = logits_xV.shape[-1]
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= V:
+        raise ValueError(f"k must be an integer in 1..{V} (the vocabulary size); got {k!r}")
+    probs = jax.nn.softmax(jnp.asarray(logits_xV, F32), axis=-1)
+    return jax.lax.top_k(probs, int(k))
+
+
+def entropy(logits_xV):
+    """Entropy in nats of each softmax distribution over the last axis."""
+    logp = jax.nn.log_softmax(jnp.asarray(logits_xV, F32), axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def token_rank_prob(logits_LBTV, token):
+    """(rank, probability) of ``token`` at every lens row and position, each [L, B, T]; rank 0 is
+    the top prediction. ``token`` is one id or ids shaped [B, T] (e.g. the actual next tokens)."""
+    logits = jnp.asarray(logits_LBTV, F32)
+    if logits.ndim != 4:
+        raise ValueError(f"expected lens logits [L, B, T, V]; got shape {logits.shape}")
+    L, B, T, V = logits.shape
+    tok = np.asarray(token)
+    if not np.issubdtype(tok.dtype, np.integer):
+        raise ValueError(f"token must be integer ids; got dtype {tok.dtype}")
+    if tok.ndim not in (0, 2) or (tok.ndim == 2 and tok.shape != (B, T)):
+        raise ValueError(f"token must be one id or ids shaped {(B, T)}; got shape {tok.shape}")
+    if tok.size and (tok.min() < 0 or tok.max() >= V):
+        raise ValueError(f"token ids must lie in 0..{V - 1}; got {sorted(set(tok.ravel().tolist()))[:5]}")
+    ids = jnp.broadcast_to(jnp.asarray(tok, jnp.int32), (B, T))
+    target = jnp.take_along_axis(logits, jnp.broadcast_to(ids[None, :, :, None], (L, B, T, 1)), axis=-1)
+    rank = jnp.sum(logits > target, axis=-1)
+    prob = jnp.take_along_axis(jax.nn.softmax(logits, -1), jnp.broadcast_to(ids[None, :, :, None], (L, B, T, 1)),
+                               axis=-1)[..., 0]
+    return rank, prob
+
+
+def prediction_depth(top1_LxT):
+    """Prediction depth per position: the first lens row from which the top-1 prediction equals the
+    final row's at every deeper row (0 = already right at the embedding, L = only at the output)."""
+    top1 = jnp.asarray(top1_LxT)
+    if top1.ndim < 1 or top1.shape[0] < 1:
+        raise ValueError(f"expected top-1 ids with a leading lens-row axis; got shape {top1.shape}")
+    agree = (top1 == top1[-1:]).astype(jnp.int32)
+    settled = jnp.cumprod(agree[::-1], axis=0)[::-1]  # 1 where this row and every deeper one agree
+    return top1.shape[0] - jnp.sum(settled, axis=0)
+
+
+def plot_trajectory(logits_LTV, path, input_labels, token_str: Callable[[int], str], color: str = "prob",
+                    title: str = "", row_labels=None):
+    """Prediction-trajectory heatmap of one sequence (lens rows x positions): cells coloured by the top
+    token's probability or the entropy, annotated with the top token; x labels are the input tokens."""
+    if color not in COLOR_BY:
+        raise ValueError(f"color must be one of {COLOR_BY}; got {color!r}")
+    logits = jnp.asarray(logits_LTV, F32)
+    if logits.ndim != 3:
+        raise ValueError(f"expected one sequence's lens logits [L, T, V]; got shape {logits.shape} (index the batch)")
+    L, T, _ = logits.shape
+    if len(input_labels) != T:
+        raise ValueError(f"{len(input_labels)} input labels for {T} positions")
+    probs, ids = top_k(logits, 1)
+    probs, ids = np.asarray(probs[..., 0]), np.asarray(ids[..., 0])
+    values = probs if color == "prob" else np.asarray(entropy(logits))
+    notes = [[token_str(int(i)) for i in row] for row in ids]
+    from ..io.plots import heatmap
+
+    rows = row_labels if row_labels is not None else [f"{l}" for l in range(L - 1)] + ["out"]
+    label = "probability of the top token" if color == "prob" else "entropy (nats)"
+    return heatmap(values, path, rows, list(input_labels), notes, title=title,
+                   cmap="viridis" if color == "prob" else "magma_r", cbar_label=label,
+                   vmin=0.0, vmax=1.0 if color == "prob" else None,
+                   xlabel="input token (each column predicts the next one)", ylabel="layer")
+
+
+# ---------------------------------------------------------------------------------------------
+# the tuned lens
+
+
+@dataclass(frozen=True)
+class LensMeta:
+    """Which model a tuned lens belongs to: checked before a lens is applied or loaded."""
+
+    model: str
+    d_model: int
+    n_layers: int
+    vocab_size: int
+    fingerprint: str
+
+
+def model_fingerprint(cfg: Config, params: dict) -> str:
+    """Short hash of the config and of the final norm + first embedding rows (cheap for big models)."""
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    for leaf in jax.tree.leaves(params.get("final_norm", {})) + [params["embed"]["tok"][:16]]:
+        h.update(np.asarray(leaf, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def lens_meta(cfg: Config, params: dict, name: str = "") -> LensMeta:
+    """The metadata a tuned lens for this model carries (``name``: a hub id or folder; its last part is kept)."""
+    short = Path(str(name)).name if name else ""
+    return LensMeta(short, cfg.d_model, cfg.n_layers, cfg.vocab_size, model_fingerprint(cfg, params))
+
+
+@struct.dataclass
+class TunedLens:
+    """Stacked affine translators: layer ``l`` maps ``x`` to ``x + x @ weight_LDD[l] + bias_LD[l]``."""
+
+    weight_LDD: jax.Array
+    bias_LD: jax.Array
+    meta: LensMeta = struct.field(pytree_node=False)
+
+    def arrays(self) -> dict:
+        return {"weight": self.weight_LDD, "bias": self.bias_LD}
+
+
+def init_tuned_lens(cfg: Config, params: dict, name: str = "") -> TunedLens:
+    """Identity translators (zero weight and bias): applying it gives the logit lens exactly."""
+    L, D = cfg.n_layers, cfg.d_model
+    return TunedLens(jnp.zeros((L, D, D), F32), jnp.zeros((L, D), F32), lens_meta(cfg, params, name))
+
+
+def check_lens(lens: TunedLens, cfg: Config, params: dict) -> None:
+    """Raise a ValueError if ``lens`` was trained for another model (shape, config or weights differ)."""
+    mine = lens_meta(cfg, params, lens.meta.model)
+    m = lens.meta
+    for field in ("d_model", "n_layers", "vocab_size", "fingerprint"):
+        if getattr(m, field) != getattr(mine, field):
+            raise ValueError(
+                f"this tuned lens was trained for model {m.model or '?'!r} (d_model={m.d_model}, n_layers={m.n_layers}, "
+                f"vocab_size={m.vocab_size}, fingerprint={m.fingerprint}); the given model has d_model={mine.d_model}, "
+                f"n_layers={mine.n_layers}, vocab_size={mine.vocab_size}, fingerprint={mine.fingerprint} "
+                f"({field} differs). Train a lens for this model.")
+    L, D = cfg.n_layers, cfg.d_model
+    if lens.weight_LDD.shape != (L, D, D) or lens.bias_LD.shape != (L, D):
+        raise ValueError(f"lens arrays have shapes {lens.weight_LDD.shape}, {lens.bias_LD.shape}; "
+                         f"expected {(L, D, D)}, {(L, D)}")
+
+
+def translate(arrays: dict, resid_LBTD):
+    """Apply the translators to residual rows 0..L-1; the last row (the model output) is unchanged."""
+    x = resid_LBTD[:-1].astype(F32)
+    y = x + jnp.einsum("lbtd,lde->lbte", x, arrays["weight"]) + arrays["bias"][:, None, None, :]
+    return jnp.concatenate([y.astype(resid_LBTD.dtype), resid_LBTD[-1:]], axis=0)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _tuned_lens_jit(arrays, cfg, params, tokens_BT, mask_BT):
+    _, resid = _residuals(cfg, params, tokens_BT, mask_BT)
+    return decode(cfg, params, translate(arrays, resid))
+
+
+def tuned_lens(lens: TunedLens, cfg: Config, params: dict, tokens, attention_mask=None):
+    """Tuned-lens logits [L+1, B, T, V] (rows as ``lens_names``); refuses a lens of another model."""
+    check_lens(lens, cfg, params)
+    tokens, mask, _, _ = M.prepare(cfg, params, tokens, attention_mask, None)
+    return _tuned_lens_jit(lens.arrays(), cfg, params, tokens, mask)
+
+
+def _kl_rows(lens_logits_LBTV, final_logits_BTV):
+    """KL(final || lens) per row and position [L, B, T], in nats."""
+    logp = jax.nn.log_softmax(final_logits_BTV.astype(F32), axis=-1)
+    logq = jax.nn.log_softmax(lens_logits_LBTV.astype(F32), axis=-1)
+    return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+def kl_loss(arrays: dict, cfg: Config, params: dict, tokens_BT):
+    """Training objective: KL(final || tuned lens) averaged over translated layers and positions."""
+    logits, resid = _residuals(cfg, params, tokens_BT, jnp.ones(tokens_BT.shape, jnp.int32))
+    resid, logits = jax.lax.stop_gradient(resid), jax.lax.stop_gradient(logits)
+    lens_logits = decode(cfg, params, translate(arrays, resid)[:-1])
+    return jnp.mean(_kl_rows(lens_logits, logits))
+
+
+# ---------------------------------------------------------------------------------------------
+# saving and loading
+
+
+def save_tuned_lens(lens: TunedLens, path) -> Path:
+    """Save arrays (orbax) and metadata (JSON) into folder ``path``, replacing it atomically."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).resolve()
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp / "arrays", {k: np.asarray(v) for k, v in lens.arrays().items()})
+    atomic_write_text(tmp / "lens.json", json.dumps({"kind": "tuned_lens", **dataclasses.asdict(lens.meta)}, indent=1))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def load_tuned_lens(path, cfg: Config, params: dict) -> TunedLens:
+    """Load a lens saved by ``save_tuned_lens``; refuses (ValueError) a lens trained for another model."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).resolve()
+    meta_file = path / "lens.json"
+    if not meta_file.exists():
+        raise ValueError(f"{path} is not a saved tuned lens (no lens.json)")
+    info = json.loads(meta_file.read_text())
+    if info.pop("kind", None) != "tuned_lens":
+        raise ValueError(f"{meta_file} does not describe a tuned lens")
+    meta = LensMeta(**info)
+    L, D = meta.n_layers, meta.d_model
+    check_lens(TunedLens(jnp.zeros((L, D, D)), jnp.zeros((L, D)), meta), cfg, params)
+    target = {"weight": jax.ShapeDtypeStruct((L, D, D), F32), "bias": jax.ShapeDtypeStruct((L, D), F32)}
+    with ocp.StandardCheckpointer() as ckptr:
+        arrays = ckptr.restore(path / "arrays", target)
+    return TunedLens(jnp.asarray(arrays["weight"]), jnp.asarray(arrays["bias"]), meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming text
+
+
+class TokenStream:
+    """``stream(step)`` -> tokens [batch, seq]: texts from ``texts_fn()`` tokenized (BOS before each)
+    and packed end to end. Holds at most one block plus one text in memory; deterministic in
+    ``step`` (non-sequential access re-reads the stream), so a resumed run sees the same batches."""
+
+    def __init__(self, texts_fn: Callable[[], Iterable[str]], tokenizer, batch: int, seq: int):
+        if not callable(texts_fn):
+            raise ValueError("texts_fn must be a function returning a fresh iterable of texts")
+        if batch < 1 or seq < 2:
+            raise ValueError(f"batch must be >= 1 and seq >= 2; got batch={batch}, seq={seq}")
+        self.texts_fn, self.tokenizer, self.batch, self.seq = texts_fn, tokenizer, batch, seq
+        self._restart()
+
+    def _restart(self):
+        self._texts, self._buf, self._next = iter(self.texts_fn()), [], 0
+
+    def _ids(self, text: str) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        return ids if bos is None or ids[:1] == [bos] else [bos] + ids
+
+    def _take(self) -> np.ndarray:
+        need = self.batch * self.seq
+        while len(self._buf) < need:
+            try:
+                self._buf.extend(self._ids(next(self._texts)))
+            except StopIteration:
+                raise ValueError(f"the text stream ran out after {self._next} full batches of "
+                                 f"{self.batch}x{self.seq} tokens") from None
+        block, self._buf = self._buf[:need], self._buf[need:]
+        self._next += 1
+        return np.asarray(block, np.int32).reshape(self.batch, self.seq)
+
+    def __call__(self, step: int) -> np.ndarray:
+        if step < 0:
+            raise ValueError(f"step must be >= 0; got {step}")
+        if step < self._next:
+            self._restart()
+        while self._next < step:
+            self._take()
+        return self._take()
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@functools.lru_cache(maxsize=16)
+def make_lens_step(cfg: Config, tc: TrainConfig):
+    """(optimizer, jitted (arrays, opt_state, params, tokens) -> (arrays, opt_state, metrics)); the model
+    params are an input, never updated. Cached per (cfg, tc) so a resumed trainer reuses the compiled step."""
+    opt = make_optimizer(tc)
+
+    def step(arrays, opt_state, params, tokens):
+        loss, grads = jax.value_and_grad(kl_loss)(arrays, cfg, params, tokens)
+        updates, opt_state = opt.update(grads, opt_state, arrays)
+        return optax.apply_updates(arrays, updates), opt_state, {"kl": loss, "grad_norm": optax.global_norm(grads)}
+
+    return opt, jax.jit(step, donate_argnums=(0, 1))
+
+
+class TunedLensTrainer:
+    """Trains all translators at once over ``batch_fn(step)`` with optax (``TrainConfig``: lr, schedule,
+    weight decay, clipping) and periodic orbax checkpoints in ``workdir``; a new trainer on the same
+    workdir resumes from the last checkpoint and continues exactly as an uninterrupted run."""
+
+    def __init__(self, cfg: Config, params: dict, tc: TrainConfig, workdir, lens: TunedLens | None = None,
+                 name: str = ""):
+        import orbax.checkpoint as ocp
+
+        self.cfg, self.params, self.tc = cfg, params, tc
+        lens = lens if lens is not None else init_tuned_lens(cfg, params, name)
+        check_lens(lens, cfg, params)
+        self.meta = lens.meta
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        run = {"lens": dataclasses.asdict(self.meta), "train": dataclasses.asdict(tc)}
+        run_path = self.workdir / "run.json"
+        if run_path.exists():
+            if json.loads(run_path.read_text()) != json.loads(json.dumps(run)):
+                raise ValueError(f"{self.workdir} holds a tuned-lens run for another model or TrainConfig; "
+                                 f"use a new workdir or the same settings to resume")
+        else:
+            atomic_write_text(run_path, json.dumps(run, indent=1))
+        self.opt, self.step_fn = make_lens_step(cfg, tc)
+        self.arrays = {k: jnp.array(v, F32) for k, v in lens.arrays().items()}
+        self.opt_state = self.opt.init(self.arrays)
+        self.step = 0
+        self.ckpt = ocp.CheckpointManager(self.workdir.resolve() / "ckpt",
+                                          options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+        restored, latest = restore_latest(self.ckpt, {"arrays": self.arrays, "opt_state": self.opt_state})
+        if latest is not None:
+            self.arrays, self.opt_state, self.step = restored["arrays"], restored["opt_state"], latest
+            self._truncate_log(latest)
+
+    @property
+    def lens(self) -> TunedLens:
+        return TunedLens(self.arrays["weight"], self.arrays["bias"], self.meta)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "metrics.jsonl"
+
+    def _truncate_log(self, upto: int):
+        if self.log_path.exists():
+            keep = [l for l in self.log_path.read_text().splitlines() if l and json.loads(l)["step"] <= upto]
+            atomic_write_text(self.log_path, "".join(k + "\n" for k in keep))
+
+    def save(self):
+        import orbax.checkpoint as ocp
+
+        self.ckpt.save(self.step, args=ocp.args.StandardSave({"arrays": self.arrays, "opt_state": self.opt_state}),
+                       force=True)
+        self.ckpt.wait_until_finished()
+
+    def train(self, batch_fn: Callable[[int], np.ndarray], steps: int, progress: bool = True) -> dict:
+        """Train until ``steps`` total steps (checkpointing every ``tc.ckpt_every``); returns the last metrics."""
+        from tqdm.auto import tqdm
+
+        last = {}
+        bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="tuned lens")
+        with open(self.log_path, "a") as log:
+            while self.step < steps:
+                batch = batch_fn(self.step)
+                tokens = np.asarray(batch["tokens"] if isinstance(batch, dict) else batch)
+                if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+                    raise ValueError(f"batch_fn must return integer tokens [batch, seq]; got {tokens.dtype} "
+                                     f"{tokens.shape}")
+                if tokens.shape[1] > self.cfg.n_ctx or tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size:
+                    raise ValueError(f"batch of shape {tokens.shape} exceeds n_ctx={self.cfg.n_ctx} or has ids "
+                                     f"outside 0..{self.cfg.vocab_size - 1}")
+                self.arrays, self.opt_state, metrics = self.step_fn(self.arrays, self.opt_state, self.params,
+                                                                    jnp.asarray(tokens, jnp.int32))
+                self.step += 1
+                bar.update(1)
+                if self.step % self.tc.log_every == 0 or self.step == steps:
+                    last = {"step": self.step, **{k: float(v) for k, v in metrics.items()}}
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                    bar.set_postfix(kl=f"{last['kl']:.3f}")
+                if self.step % self.tc.ckpt_every == 0 or self.step == steps:
+                    self.save()
+        bar.close()
+        return last
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _eval_batch(arrays, cfg, params, tokens_BT):
+    logits, resid = _residuals(cfg, params, tokens_BT, jnp.ones(tokens_BT.shape, jnp.int32))
+    if arrays is not None:
+        resid = translate(arrays, resid)
+    lens_logits = decode(cfg, params, resid)  # [L+1, B, T, V]
+    logq = jax.nn.log_softmax(lens_logits[:, :, :-1].astype(F32), axis=-1)
+    nll = -jnp.take_along_axis(logq, jnp.broadcast_to(tokens_BT[None, :, 1:, None], logq.shape[:-1] + (1,)),
+                               axis=-1)[..., 0]
+    kl = _kl_rows(lens_logits, logits)
+    depth = prediction_depth(jnp.argmax(lens_logits, axis=-1))
+    L1 = lens_logits.shape[0]
+    return nll.sum((1, 2)), kl.sum((1, 2)), jnp.bincount(depth.ravel(), length=L1)
+
+
+def evaluate_lens(cfg: Config, params: dict, batches: Iterable, lens: TunedLens | None = None) -> dict:
+    """Per lens row: perplexity of the actual next token and mean KL(final || lens), plus the
+    prediction-depth histogram; ``lens=None`` is the logit lens. ``batches``: token arrays [B, T]."""
+    if not cfg.causal:
+        raise ValueError("evaluate_lens measures next-token perplexity, which needs a causal decoder; "
+                         f"this {cfg.family!r} model has bidirectional attention (cfg.causal=False)")
+    if lens is not None:
+        check_lens(lens, cfg, params)
+    arrays = lens.arrays() if lens is not None else None
+    L1 = cfg.n_layers + 1
+    nll, kl, depth, n_pred, n_tok = np.zeros(L1), np.zeros(L1), np.zeros(L1, np.int64), 0, 0
+    for tokens in batches:
+        tokens, _, _, _ = M.prepare(cfg, params, tokens, None, None)
+        if tokens.shape[1] < 2:
+            raise ValueError("evaluation batches need at least 2 positions (one next-token prediction)")
+        a, b, c = _eval_batch(arrays, cfg, params, tokens.astype(jnp.int32))
+        nll, kl, depth = nll + np.asarray(a, np.float64), kl + np.asarray(b, np.float64), depth + np.asarray(c)
+        n_pred += tokens.shape[0] * (tokens.shape[1] - 1)
+        n_tok += tokens.size
+    if n_tok == 0:
+        raise ValueError("no evaluation batches")
+    return {"layers": lens_names(cfg), "ppl": np.exp(nll / n_pred).tolist(), "kl": (kl / n_tok).tolist(),
+            "depth_hist": depth.tolist(), "tokens": int(n_tok)}

@@ -1,0 +1,298 @@
+"""Representation reading (RepE / LAT): reading vectors per layer from paired contrast texts,
+held-out accuracy per layer, token x layer scans rendered as a self-contained coloured HTML page
+and a heatmap PNG, and a PCA view of several concepts' activations across layers.
+
+A score is the standardised projection ``((h - center_L) . u_L) / scale_L`` of an activation ``h``
+at layer L onto the unit reading direction ``u_L``; ``center_L`` is the mean training activation
+and ``scale_L`` the spread of the training projections, so 0 is "neither" and +/-1 is typical.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .steering import SteeringVector, check_contrast, check_model, check_site_layer, collect, load_artifact, mean_diff_direction, model_identity, pca_direction, save_artifact
+
+FORMAT = "interpjax.reading/1"
+METHODS = ("pca", "mean_diff")
+
+
+@dataclass(frozen=True)
+class ReadingVectors:
+    """Unit reading directions [L, D] at ``site`` for ``layers``, with the centring and scale that
+    turn projections into scores."""
+
+    directions_LD: np.ndarray
+    center_LD: np.ndarray
+    scale_L: np.ndarray
+    layers: tuple
+    site: str
+    method: str
+    meta: dict = field(default_factory=dict)
+
+    def scores(self, acts_LND) -> np.ndarray:
+        """Scores [L, N] of activations [L, N, D] (one row per layer of ``self.layers``)."""
+        acts = np.asarray(acts_LND, np.float32)
+        if acts.ndim != 3 or acts.shape[0] != len(self.layers) or acts.shape[2] != self.directions_LD.shape[1]:
+            raise ValueError(f"activations must be [L={len(self.layers)}, N, D={self.directions_LD.shape[1]}], "
+                             f"got {acts.shape}")
+        proj = np.einsum("lnd,ld->ln", acts - self.center_LD[:, None], self.directions_LD)
+        return proj / self.scale_L[:, None]
+
+    def steering(self, layer: int) -> SteeringVector:
+        """The reading direction at ``layer`` as a steering vector, scaled so that coeff 1 is the mean
+        positive-vs-negative gap along it."""
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} has no reading vector; layers: {list(self.layers)}")
+        i = self.layers.index(layer)
+        gap = float(self.meta.get("mean_gap", [1.0] * len(self.layers))[i])
+        meta = {k: v for k, v in self.meta.items() if k not in ("mean_gap", "train_pair_accuracy", "explained_variance")}
+        return SteeringVector(self.directions_LD[i] * gap, self.site, int(layer), self.method,
+                              {**meta, "label": self.meta.get("label", self.method)})
+
+    def save(self, path) -> Path:
+        meta = {"format": FORMAT, "layers": list(self.layers), "site": self.site, "method": self.method, **self.meta}
+        return save_artifact(path, {"directions": self.directions_LD, "center": self.center_LD, "scale": self.scale_L},
+                             meta)
+
+    @classmethod
+    def load(cls, path, model=None) -> "ReadingVectors":
+        """Read saved reading vectors; with ``model``, refuse them unless made on that model."""
+        arrays, meta = load_artifact(path, FORMAT)
+        if model is not None:
+            check_model(meta, model, f"reading vectors {Path(path).name}")
+        layers, site, method = tuple(meta.pop("layers")), meta.pop("site"), meta.pop("method")
+        meta.pop("format")
+        return cls(np.array(arrays["directions"]), np.array(arrays["center"]), np.array(arrays["scale"]), layers, site,
+                   method, meta)
+
+
+def fit(pos_LND, neg_LND, layers, site: str = "resid_post", method: str = "pca", seed: int = 0,
+        meta: dict | None = None) -> ReadingVectors:
+    """Reading vectors from paired activations [L, N, D] (pure numerics: works on any arrays)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; valid: {METHODS}")
+    pos, neg = np.asarray(pos_LND, np.float32), np.asarray(neg_LND, np.float32)
+    if pos.ndim != 3 or pos.shape != neg.shape or pos.shape[0] != len(layers):
+        raise ValueError(f"paired activations must both be [L={len(layers)}, N, D]; got {pos.shape} and {neg.shape}")
+    dirs, centers, scales, gaps, accs, evr = [], [], [], [], [], []
+    for l in range(len(layers)):
+        if method == "pca":
+            u, info = pca_direction(pos[l], neg[l], seed)
+            evr.append(info["explained_variance"])
+        else:
+            d = mean_diff_direction(pos[l], neg[l])
+            u = d / max(float(np.linalg.norm(d)), 1e-12)
+        both = np.concatenate([pos[l], neg[l]])
+        center = both.mean(0)
+        proj = (both - center) @ u
+        gap = (pos[l] - neg[l]) @ u
+        dirs.append(u)
+        centers.append(center)
+        scales.append(max(float(proj.std()), 1e-12))
+        gaps.append(float(gap.mean()))
+        accs.append(float((gap > 0).mean()))
+    info = {"mean_gap": gaps, "train_pair_accuracy": accs, **({"explained_variance": evr} if evr else {})}
+    return ReadingVectors(np.stack(dirs).astype(np.float32), np.stack(centers).astype(np.float32),
+                          np.asarray(scales, np.float32), tuple(int(l) for l in layers), site, method,
+                          {**(meta or {}), **info})
+
+
+def reading_vectors(model, positive, negative, layers=None, site: str = "resid_post", method: str = "pca",
+                    token: str = "last", seed: int = 0, label: str = "") -> ReadingVectors:
+    """Reading vectors of a paired contrast set at every layer in ``layers`` (default all)."""
+    positive, negative = check_contrast(positive, negative)
+    layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(int(l) for l in np.atleast_1d(layers))
+    check_site_layer(model, site, layers)
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; valid: {METHODS}")
+    pos = collect(model, positive, site, layers, token)
+    neg = collect(model, negative, site, layers, token)
+    meta = {**model_identity(model), "prompts": {"positive": positive, "negative": negative}, "token": token,
+            "label": label or method}
+    return fit(pos, neg, layers, site, method, seed, meta)
+
+
+def pair_accuracy(rv: ReadingVectors, pos_LND, neg_LND) -> np.ndarray:
+    """Per layer, the fraction of pairs whose positive scores above its negative: [L]."""
+    return (rv.scores(pos_LND) > rv.scores(neg_LND)).mean(1)
+
+
+def evaluate(rv: ReadingVectors, model, positive, negative) -> dict:
+    """Held-out accuracy per layer on a paired contrast set: ``pair`` (positive above its negative)
+    and ``single`` (each text alone classified by the sign of its score)."""
+    positive, negative = check_contrast(positive, negative)
+    check_model(rv.meta, model, "reading vectors")
+    token = rv.meta.get("token", "last")
+    pos = collect(model, positive, rv.site, rv.layers, token)
+    neg = collect(model, negative, rv.site, rv.layers, token)
+    sp, sn = rv.scores(pos), rv.scores(neg)
+    return {"layers": list(rv.layers), "pair": (sp > sn).mean(1).tolist(),
+            "single": (((sp > 0).mean(1) + (sn < 0).mean(1)) / 2).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# token x layer scans
+
+
+@dataclass(frozen=True)
+class TokenScan:
+    """Scores [T, L] of every token of a text at every layer of a reading vector set."""
+
+    tokens: list
+    scores_TL: np.ndarray
+    layers: tuple
+    label: str = ""
+
+
+def _token_strings(model, ids) -> list[str]:
+    tok = model.tokenizer
+    pieces = tok.convert_ids_to_tokens([int(i) for i in ids])
+    return [str(p).replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\\n") for p in pieces]
+
+
+def scan(model, text: str, rv: ReadingVectors) -> TokenScan:
+    """Score every token of ``text`` at every layer of ``rv`` (the LAT scan)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("scan needs a non-empty text")
+    check_model(rv.meta, model, "reading vectors")
+    tokens, _ = model.to_tokens(text)
+    _, cache = model.run_with_cache(tokens, sites=[rv.site], layers=list(rv.layers))
+    acts = np.asarray(cache[rv.site], np.float32)[:, 0]  # [L, T, D]
+    scores = rv.scores(acts).T  # [T, L]
+    return TokenScan(_token_strings(model, tokens[0]), scores, rv.layers, rv.meta.get("label", ""))
+
+
+def _colour_limit(scores) -> float:
+    """Colour scale: the 95th percentile of |score|, so one outlying token does not wash out the rest."""
+    return max(float(np.percentile(np.abs(scores), 95)), 1e-6)
+
+
+def _colour(score: float, lim: float) -> str:
+    """Diverging colour: red for negative, white for 0, green for positive scores."""
+    a = float(np.clip(score / lim, -1, 1))
+    if a >= 0:
+        r, g, b = int(255 * (1 - 0.7 * a)), int(255 * (1 - 0.25 * a)), int(255 * (1 - 0.7 * a))
+    else:
+        r, g, b = int(255 * (1 + 0.15 * a)), int(255 * (1 + 0.7 * a)), int(255 * (1 + 0.7 * a))
+    return f"rgb({r},{g},{b})"
+
+
+def render_html(s: TokenScan, path, layers=None, title: str = "") -> Path:
+    """Write a self-contained HTML page (inline CSS, no scripts or remote files): the text coloured
+    by the mean score over ``layers`` (default all), then the full token x layer table."""
+    layers = list(s.layers) if layers is None else [int(l) for l in np.atleast_1d(layers)]
+    bad = [l for l in layers if l not in s.layers]
+    if bad:
+        raise ValueError(f"layers {bad} were not scanned; scanned layers: {list(s.layers)}")
+    cols = [s.layers.index(l) for l in layers]
+    line = s.scores_TL[:, cols].mean(1)
+    lim = _colour_limit(s.scores_TL)
+    esc = lambda t: html.escape(t).replace(" ", "&nbsp;") or "&middot;"  # noqa: E731
+    spans = "".join(f'<span class="t" style="background:{_colour(v, lim)}" title="{v:+.2f}">{esc(t)}</span>'
+                    for t, v in zip(s.tokens, line))
+    head = "".join(f"<th>L{l}</th>" for l in s.layers)
+    rows = "".join(f"<tr><td class='tok'>{esc(t)}</td>" + "".join(
+        f"<td style='background:{_colour(v, lim)}'>{v:+.2f}</td>" for v in s.scores_TL[i]) + "</tr>"
+        for i, t in enumerate(s.tokens))
+    title = title or f"LAT scan: {s.label}"
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+.text {{ font-family: monospace; font-size: 15px; line-height: 2.1; }}
+.t {{ padding: 2px 1px; border-radius: 3px; }}
+table {{ border-collapse: collapse; font-family: monospace; font-size: 12px; margin-top: 1.5em; }}
+td, th {{ border: 1px solid #ddd; padding: 2px 6px; text-align: right; }}
+td.tok {{ text-align: left; }}
+</style></head><body>
+<h2>{html.escape(title)}</h2>
+<p>Score = standardised projection onto the reading vector (green = positive side, red = negative side);
+coloured line: mean over layers {layers}. Colour scale: &plusmn;{lim:.2f} (95th percentile of |score|; beyond it
+the colour saturates).</p>
+<div class="text">{spans}</div>
+<table><tr><th>token</th>{head}</tr>{rows}</table>
+</body></html>
+"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def heatmap_png(s: TokenScan, path, title: str = "") -> Path:
+    """Token x layer heatmap of a scan (layers as rows), written atomically."""
+    from ..io.plots import heatmap
+
+    lim = _colour_limit(s.scores_TL)
+    return heatmap(s.scores_TL.T, path, [f"L{l}" for l in s.layers], [t.strip() or "·" for t in s.tokens],
+                   title=title or f"LAT scan: {s.label}", cmap="RdYlGn", vmin=-lim, vmax=lim, cbar_label="score",
+                   ylabel="layer")
+
+
+# ---------------------------------------------------------------------------------------------
+# several concepts across layers
+
+
+def concept_separation(acts_by_concept: dict) -> np.ndarray:
+    """Per layer, leave-one-out nearest-centroid accuracy of the concept labels: [L]. How cleanly
+    the concepts form clusters at each layer (chance = 1 / number of concepts)."""
+    names = list(acts_by_concept)
+    if len(names) < 2:
+        raise ValueError("need at least two concepts")
+    arrays = [np.asarray(acts_by_concept[n], np.float32) for n in names]
+    if any(a.ndim != 3 or a.shape[0] != arrays[0].shape[0] or a.shape[1] < 2 for a in arrays):
+        raise ValueError("each concept needs activations [L, N >= 2, D] with the same L")
+    L = arrays[0].shape[0]
+    acc = np.zeros(L)
+    for l in range(L):
+        sums = [a[l].sum(0) for a in arrays]
+        counts = [len(a[l]) for a in arrays]
+        correct = total = 0
+        for c, a in enumerate(arrays):
+            for x in a[l]:
+                cents = [(sums[k] - (x if k == c else 0)) / (counts[k] - (k == c)) for k in range(len(arrays))]
+                correct += int(np.argmin([np.sum((x - m) ** 2) for m in cents]) == c)
+                total += 1
+        acc[l] = correct / total
+    return acc
+
+
+def concept_plot(acts_by_concept: dict, path, layers, title: str = "") -> Path:
+    """PCA (2-D, per layer) of several concepts' activations [L, N, D], one panel per layer,
+    coloured by concept; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io.plots import save_figure
+
+    names = list(acts_by_concept)
+    sep = concept_separation(acts_by_concept)
+    L = len(layers)
+    fig, axes = plt.subplots(1, L, figsize=(3.0 * L, 3.2), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        xs = [np.asarray(acts_by_concept[n], np.float32)[i] for n in names]
+        allx = np.concatenate(xs)
+        mu = allx.mean(0)
+        _, _, vt = np.linalg.svd(allx - mu, full_matrices=False)
+        for n, x in zip(names, xs):
+            p = (x - mu) @ vt[:2].T
+            ax.scatter(p[:, 0], p[:, 1], s=12, label=n, alpha=0.8)
+        ax.set_title(f"layer {layers[i]}  (NC acc {sep[i]:.2f})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title or "concept activations, PCA per layer", fontsize=10)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)

