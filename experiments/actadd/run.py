@@ -109,7 +109,7 @@ def main():
     P = vecs[0].vector.shape[0]
     pad_id = vecs[0].meta["pad_token"]
     pos_ids = vecs[0].meta["tokens"][0]
-    n_special = len(pos_ids) - len(st._content_ids(model, args.positive))
+    n_special = len(pos_ids) - len(st.content_ids(model, args.positive))
     steer_prefix = pos_ids[:n_special] + [pad_id] * (P - n_special)  # e.g. [BOS, " ", " "]: ActAdd's space prefix
     prompt_prefix = pos_ids + [pad_id] * (P - len(pos_ids))  # e.g. [BOS, " do", "g"]: the topic prepended
     sentences = on_texts + off_texts

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interpjax import Config, forward
+from interpjax import Config, Model, forward
 from interpjax.methods.knockout import attention_knockout, attribute_rate, sublayer_knockout
 from interpjax.io.plots import save_figure
 from interpjax.train import TrainConfig, train_in_memory
@@ -41,7 +41,7 @@ FULL = dict(n_subjects=120, n_relations=3, n_parts=20, layers=4, d_model=96, ste
 
 
 def train(world, size, seed=0):
-    """Train the recall model in memory; returns (cfg, params, final accuracy on all facts)."""
+    """Train the recall model in memory; returns (cfg, params)."""
     D = size["d_model"]
     cfg = Config(vocab_size=world.vocab_size, d_model=D, n_layers=size["layers"], n_heads=4, d_head=D // 4,
                  d_mlp=4 * D, n_ctx=16, positions="learned", norm="layernorm", activation="gelu")
@@ -109,19 +109,20 @@ def pretrained(args, out):
     prompts = WORLD_FACTS if args.prompts is None else [(r["prompt"], r["subject"])
                                                         for r in json.loads(Path(args.prompts).read_text())]
     tokens, mask, subj = subject_masks(model, prompts)
-    cfg, params = model.cfg, model.params
+    cfg = model.cfg
     k = args.window or max(1, cfg.n_layers // 4)
     result = {"model": args.model, "n_prompts": len(prompts), "window": k, "knockout": {}, "sublayer": {}}
     for kind in ("subject", "non_subject", "last"):
-        r = attention_knockout(cfg, params, tokens, subj, mask, kind=kind, window=k)
-        result["knockout"][kind] = r["relative_change"].tolist()
-    result["predictions"] = [model.to_string([t]) for t in r["target"]]
+        r = attention_knockout(model, tokens, subj, attention_mask=mask, kind=kind, window=k)
+        result["knockout"][kind] = r.relative_change.tolist()
+    result["predictions"] = [model.to_string([t]) for t in r.answers]
     subj_last = np.array([np.flatnonzero(row)[-1] for row in subj])
     for sub in ("mlp", "attn"):
-        r = sublayer_knockout(cfg, params, tokens, subj_last[:, None], mask, sublayer=sub, window=k)
-        result["sublayer"][sub] = r["relative_change"].tolist()
-    sets = [{int(t)} for t in r["target"]]
-    result["attribute_rate_subject"] = attribute_rate(cfg, params, tokens, subj_last, sets, mask, k=50).tolist()
+        r = sublayer_knockout(model, tokens, subj_last[:, None], attention_mask=mask, sublayer=sub, window=k)
+        result["sublayer"][sub] = r.relative_change.tolist()
+    sets = [{int(t)} for t in r.answers]
+    result["attribute_rate_subject"] = attribute_rate(model, tokens, subj_last, sets, attention_mask=mask,
+                                                      k=50).rate.tolist()
     result["attribute_label"] = "the model's final prediction"
     result["attribute_rate_k"], result["attribute_rate_chance"] = 50, 50 / cfg.vocab_size
     return result, cfg.n_layers
@@ -147,6 +148,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     world = facts.make_world(size["n_subjects"], size["n_relations"], size["n_parts"], seed=args.seed)
     cfg, params = train(world, size, args.seed)
+    model = Model(cfg=cfg, params=params, name="fact-world")
     train_s = time.time() - t0
     rng = np.random.default_rng(args.seed + 1)
     (tokens, subj, answers), sid, rel = all_facts(world, rng)
@@ -160,17 +162,17 @@ def main(argv=None):
     result = {"size": size, "train_seconds": train_s, "recall_accuracy": float(recalled.mean()), "n_prompts": len(idx),
               "window": k, "knockout": {}, "sublayer": {}}
     for kind in ("subject", "non_subject", "last"):
-        r = attention_knockout(cfg, params, tokens, subj, kind=kind, window=k, target=answers)
-        result["knockout"][kind] = r["relative_change"].tolist()
+        r = attention_knockout(model, tokens, subj, kind=kind, window=k, answers=answers)
+        result["knockout"][kind] = r.relative_change.tolist()
     subj_last = np.full(len(idx), tokens.shape[1] - 3)
     for sub in ("mlp", "attn"):
-        r = sublayer_knockout(cfg, params, tokens, subj_last[:, None], sublayer=sub, window=k, target=answers)
-        result["sublayer"][sub] = r["relative_change"].tolist()
+        r = sublayer_knockout(model, tokens, subj_last[:, None], sublayer=sub, window=k, answers=answers)
+        result["sublayer"][sub] = r.relative_change.tolist()
     topk = world.n_relations
     own = [world.attribute_token(np.full(world.n_relations, s), np.arange(world.n_relations)) for s in sid]
     relation_set = [world.attribute_tokens(int(r)) for r in rel]
-    result["attribute_rate_subject"] = attribute_rate(cfg, params, tokens, subj_last, own, k=topk).tolist()
-    result["attribute_rate_relation"] = attribute_rate(cfg, params, tokens, subj_last, relation_set, k=topk).tolist()
+    result["attribute_rate_subject"] = attribute_rate(model, tokens, subj_last, own, k=topk).rate.tolist()
+    result["attribute_rate_relation"] = attribute_rate(model, tokens, subj_last, relation_set, k=topk).rate.tolist()
     result["attribute_rate_k"] = topk
     result["attribute_rate_chance"] = topk / world.vocab_size
     return _finish(result, cfg.n_layers, out, t0)

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 import interpjax
-from interpjax.methods.attribution import answer_probs, integrated_gradients, knowledge_neurons, neuron_effect, random_neurons
+from interpjax.methods.attribution import (answer_probs, integrated_gradients, knowledge_neurons,
+                                           matched_random_neurons, neuron_effect)
 from interpjax.io.loading import model_label
 
 HERE = Path(__file__).resolve().parent
@@ -59,8 +60,7 @@ def answer_token(model, prompt: str, answer: str) -> int:
 
 
 def mean_effect(model, tokens, mask, answers, neurons, factor):
-    return float(np.mean(neuron_effect(model.cfg, model.params, tokens, answers, neurons, factor,
-                                       attention_mask=mask)))
+    return float(np.mean(neuron_effect(model, tokens, answers, neurons, factor, attention_mask=mask)))
 
 
 def main(argv=None):
@@ -88,7 +88,7 @@ def main(argv=None):
     facts = {k: v for k, v in FACTS.items() if not args.quick or k in QUICK_FACTS}
     pairs = [(w, p, answer_token(model, p, w)) for w, ps in facts.items() for p in ps]
     tokens, mask = model.to_tokens([p for _, p, _ in pairs])
-    probs = answer_probs(cfg, model.params, tokens, [a for _, _, a in pairs], mask)
+    probs = answer_probs(model, tokens, [a for _, _, a in pairs], attention_mask=mask)
     kept = {}
     for word in facts:
         idx = [i for i, (w, _, _) in enumerate(pairs) if w == word]
@@ -104,13 +104,13 @@ def main(argv=None):
     all_prompts = [p for ps, _, _ in kept.values() for p in ps]
     all_ans = np.array([a for _, as_, _ in kept.values() for a in as_])
     tokens, mask = model.to_tokens(all_prompts)
-    ig = integrated_gradients(cfg, model.params, tokens, all_ans, attention_mask=mask, steps=steps, rule=args.rule)
+    ig = integrated_gradients(model, tokens, all_ans, attention_mask=mask, steps=steps, rule=args.rule)
     gap = ig.completeness_gap()
     print(f"IG over {len(all_prompts)} prompts x {cfg.n_layers} layers x {steps} steps: {time.time() - t0:.0f} s",
           flush=True)
 
     def effects(neurons, factor):
-        return neuron_effect(cfg, model.params, tokens, all_ans, neurons, factor, attention_mask=mask)
+        return neuron_effect(model, tokens, all_ans, neurons, factor, attention_mask=mask)
 
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -126,7 +126,7 @@ def main(argv=None):
                 row[f"{label}_kn"] = float(eff[own].mean())
                 if (~own).any():
                     row[f"{label}_other_facts"] = float(eff[~own].mean())
-                draws = [float(effects(random_neurons(rng, kn, cfg.d_mlp), factor)[own].mean())
+                draws = [float(effects(matched_random_neurons(model, kn, rng), factor)[own].mean())
                          for _ in range(n_random)]
                 row[f"{label}_random"] = float(np.mean(draws))
                 row[f"{label}_random_std"] = float(np.std(draws))

@@ -73,8 +73,8 @@ def main():
     #    (for every name), so a test scenario's event was never seen in training
     names = NAMES[:4] if args.quick else NAMES
     n_ev = len(EVENTS["happy"])
-    pos_acts = st.collect(model, stimuli("happy", range(n_ev), names), args.site, layers)  # [L, names*events, D]
-    neg_acts = st.collect(model, stimuli("sad", range(n_ev), names), args.site, layers)
+    pos_acts = st.activations_at(model, stimuli("happy", range(n_ev), names), args.site, layers)  # [L, names*events, D]
+    neg_acts = st.activations_at(model, stimuli("sad", range(n_ev), names), args.site, layers)
     event_of = np.tile(np.arange(n_ev), len(names))
     folds = np.array_split(np.random.default_rng(1).permutation(n_ev), 5)
     pair_hits, single_hits, ctrl_hits = [], [], []
@@ -104,7 +104,7 @@ def main():
     rd.heatmap_png(s, out_dir / "scan.png", title="LAT scan, happy - sad reading vector")
 
     # 3. four emotions across layers
-    acts = {e: st.collect(model, stimuli(e, range(15), names[:4] if args.quick else names), args.site, layers)
+    acts = {e: st.activations_at(model, stimuli(e, range(15), names[:4] if args.quick else names), args.site, layers)
             for e in EVENTS}
     sep = rd.concept_separation(acts)
     rd.concept_plot(acts, out_dir / "emotions_pca.png", layers, title="four emotions, PCA per layer")

@@ -57,15 +57,15 @@ def pronoun_accuracy(model, tokens, mask, labels, ids, ivs=None):
     return float(((logits[:, ids[1]] > logits[:, ids[0]]).astype(int) == labels).mean())
 
 
-def perturbation_curve(cfg, acts_std, top, eval_fn, batch, seq, fractions, n_random, seed):
+def perturbation_curve(model, acts_std, top, eval_fn, batch, seq, fractions, n_random, seed):
     """Accuracy with the top-k neurons noised vs the mean over ``n_random`` random draws, for k a
     fraction of all neurons."""
     rows = []
     for frac in fractions:
         k = max(1, int(round(frac * acts_std.size)))
         key = jax.random.PRNGKey(seed + k)
-        skilled = eval_fn(sn.noise_interventions(cfg, top[:k], acts_std, key, batch, seq, scale=3.0))
-        rand = [eval_fn(sn.noise_interventions(cfg, sn.random_neurons(cfg, "mlp_post", k, seed + 100 * r, top[:k]),
+        skilled = eval_fn(sn.noise_interventions(model, top[:k], acts_std, key, batch, seq, scale=3.0))
+        rand = [eval_fn(sn.noise_interventions(model, sn.random_neurons(model, k, seed=seed + 100 * r, exclude=top[:k]),
                                                acts_std, key, batch, seq, scale=3.0)) for r in range(n_random)]
         rows.append({"fraction": frac, "k": k, "skill": skilled, "random": float(np.mean(rand)), "random_min": float(np.min(rand))})
     return rows
@@ -77,19 +77,19 @@ def decoder_setting(model_path, quick, seed):
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     tr, te = order[: len(order) // 2], order[len(order) // 2:]
-    acts = sn.activations_at(model.cfg, model.params, tokens[tr], np.full(len(tr), -1), mask[tr])
+    acts = sn.neuron_activations(model, tokens[tr], np.full(len(tr), -1), attention_mask=mask[tr])
     found = sn.find(acts, labels[tr], k=max(1, int(round(max(FRACTIONS) * acts[0, 0].size * acts.shape[0]))))
     std = acts.std(1)
     clean = pronoun_accuracy(model, tokens[te], mask[te], labels[te], ids)
-    curve = perturbation_curve(model.cfg, std, found["neurons"],
+    curve = perturbation_curve(model, std, found.neurons,
                                lambda ivs: pronoun_accuracy(model, tokens[te], mask[te], labels[te], ids, ivs),
                                len(te), tokens.shape[1], FRACTIONS[::2] if quick else FRACTIONS, 3 if quick else 8,
                                seed)
     name = model_label(model_path)  # a folder's name, never a machine path
     return {"model": name, "task": "pronoun she/he",
             "n_train": len(tr), "n_test": len(te), "clean_accuracy": clean, "curve": curve,
-            "top_neurons": found["neurons"].tolist(), "top_scores": found["scores"].tolist(),
-            "n_neurons": int(np.prod(found["predictivity"]["score"].shape))}
+            "top_neurons": found.neurons.tolist(), "top_scores": found.scores.tolist(),
+            "n_neurons": int(np.prod(found.predictivity.score.shape))}
 
 
 def encoder_setting(quick, seed):
@@ -113,16 +113,16 @@ def encoder_setting(quick, seed):
         hidden = np.asarray(model(tokens[te], attention_mask=mask[te], interventions=ivs))[:, 0]
         return float(probes.score(clf, hidden, labels[te]))
 
-    acts = sn.activations_at(model.cfg, model.params, tokens[tr], np.zeros(len(tr), int), mask[tr])
+    acts = sn.neuron_activations(model, tokens[tr], np.zeros(len(tr), int), attention_mask=mask[tr])
     found = sn.find(acts, labels[tr], k=max(1, int(round(max(FRACTIONS) * acts[0, 0].size * acts.shape[0]))),
                     n_classes=len(continents))
-    curve = perturbation_curve(model.cfg, acts.std(1), found["neurons"], accuracy, len(te), tokens.shape[1],
+    curve = perturbation_curve(model, acts.std(1), found.neurons, accuracy, len(te), tokens.shape[1],
                                FRACTIONS[::2] if quick else FRACTIONS, 3 if quick else 8, seed)
     return {"model": "all-MiniLM-L6-v2", "task": f"continent of a city ({len(continents)} classes)", "n_train": len(tr),
             "n_test": len(te), "clean_accuracy": accuracy(None), "curve": curve,
             "chance": float(np.bincount(labels[te]).max() / len(te)),
-            "top_neurons": found["neurons"].tolist(), "top_scores": found["scores"].tolist(),
-            "n_neurons": int(np.prod(found["predictivity"]["score"].shape))}
+            "top_neurons": found.neurons.tolist(), "top_scores": found.scores.tolist(),
+            "n_neurons": int(np.prod(found.predictivity.score.shape))}
 
 
 def main(argv=None):

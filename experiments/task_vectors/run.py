@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interpjax import Config
+from interpjax import Config, Model
 from interpjax.methods import task_vectors as tv
 from interpjax.io.loading import model_label
 from interpjax.io.plots import save_figure
@@ -58,39 +58,42 @@ def train(tasks, size, seed=0):
     return cfg, train_in_memory(cfg, tc, lambda step: icl.training_batch(tasks, size["batch"], size["demos"], rng), size["steps"])
 
 
-def evaluate_task(cfg, params, task, n, k, make):
+def evaluate_task(model, task, n, k, make):
     """Every measurement for one task; dev/test splits of the zero-shot queries. ``make(task, k, n)``
     returns ICL prompts (tokens, answers, attention mask or None) with k demonstrations."""
     icl_tok, icl_ans, icl_mask = make(task, k, n)
     src_tok, _, src_mask = make(task, k, n)  # prompts the vectors are built from
     zs_tok, zs_ans, zs_mask = make(task, 0, n)
-    vectors = tv.task_vectors(cfg, params, src_tok, src_mask)  # [L, D]
+    vectors = tv.task_vectors(model, src_tok, attention_mask=src_mask)  # [L, D]
     half = n // 2
     rows = lambda m, sl: None if m is None else m[sl]  # noqa: E731
-    dev = tv.patch_accuracy(cfg, params, zs_tok[:half], zs_ans[:half], vectors, rows(zs_mask, slice(None, half)))
-    test = tv.patch_accuracy(cfg, params, zs_tok[half:], zs_ans[half:], vectors, rows(zs_mask, slice(half, None)))
+    dev = tv.patch_accuracy(model, zs_tok[:half], zs_ans[:half], vectors,
+                            attention_mask=rows(zs_mask, slice(None, half))).accuracy
+    test = tv.patch_accuracy(model, zs_tok[half:], zs_ans[half:], vectors,
+                             attention_mask=rows(zs_mask, slice(half, None))).accuracy
     best = int(np.argmax(dev))
-    fv = tv.add_accuracy(cfg, params, zs_tok, zs_ans, tv.function_vectors(cfg, params, src_tok, src_mask), zs_mask)
-    ids, _ = tv.top_tokens(cfg, params, vectors[best], k=5)
+    fv = tv.add_accuracy(model, zs_tok, zs_ans, tv.function_vectors(model, src_tok, attention_mask=src_mask),
+                         attention_mask=zs_mask).accuracy
+    ids, _ = tv.top_tokens(model, vectors[best], k=5)
     return {
         "kind": task.kind,
-        "regular": tv.accuracy(cfg, params, icl_tok[half:], icl_ans[half:], rows(icl_mask, slice(half, None))),
-        "baseline": tv.accuracy(cfg, params, zs_tok[half:], zs_ans[half:], rows(zs_mask, slice(half, None))),
+        "regular": tv.accuracy(model, icl_tok[half:], icl_ans[half:], attention_mask=rows(icl_mask, slice(half, None))),
+        "baseline": tv.accuracy(model, zs_tok[half:], zs_ans[half:], attention_mask=rows(zs_mask, slice(half, None))),
         "task_vector": float(test[best]),
         "best_layer": best,
         "task_vector_by_layer": test.tolist(),
         "function_vector_by_layer": fv.tolist(),
-        "truncated_by_k": tv.truncated_accuracy(cfg, params, icl_tok, icl_ans, icl_mask).tolist(),
+        "truncated_by_k": tv.truncated_accuracy(model, icl_tok, icl_ans, attention_mask=icl_mask).accuracy.tolist(),
         "top_tokens": [int(i) for i in ids],
     }
 
 
-def per_prompt_vectors(cfg, params, tasks, k, layer, make, n=40):
+def per_prompt_vectors(model, tasks, k, layer, make, n=40):
     """Task vectors of single ICL prompts at ``layer`` (for the PCA plot): [tasks * n, D]."""
     rows, labels = [], []
     for i, task in enumerate(tasks):
         tok, _, mask = make(task, k, n)
-        rows.append(tv.last_position_states(cfg, params, tok, mask)[layer])
+        rows.append(tv.last_position_states(model, tok, attention_mask=mask)[layer])
         labels += [i] * n
     return np.concatenate(rows), np.asarray(labels)
 
@@ -105,14 +108,15 @@ def task_identity_probe(X, labels, n_tasks, seed=0):
     return np.asarray(probes.score(probe, X[:, te], labels[te])).tolist()
 
 
-def analyse(cfg, params, tasks, n, k, make, seed, n_pca):
+def analyse(model, tasks, n, k, make, seed, n_pca):
     """Per-task measurements, the PCA vectors at the most common best layer and the task-identity
     probe by layer; returns (result dict, X, labels) for the plots."""
-    per_task = {t.name: evaluate_task(cfg, params, t, n, k, make) for t in tasks}
+    cfg = model.cfg
+    per_task = {t.name: evaluate_task(model, t, n, k, make) for t in tasks}
     layers = [r["best_layer"] for r in per_task.values()]
     pca_layer = int(np.bincount(layers).argmax())
-    X, labels = per_prompt_vectors(cfg, params, tasks, k, pca_layer, make, n_pca)
-    X_all, labels_all = per_prompt_vectors(cfg, params, tasks, k, slice(None), make, n_pca)
+    X, labels = per_prompt_vectors(model, tasks, k, pca_layer, make, n_pca)
+    X_all, labels_all = per_prompt_vectors(model, tasks, k, slice(None), make, n_pca)
     X_all = np.moveaxis(X_all.reshape(len(tasks), cfg.n_layers, -1, cfg.d_model), 1, 0).reshape(cfg.n_layers, -1,
                                                                                                cfg.d_model)
     probe_acc = task_identity_probe(X_all, labels_all, len(tasks), seed)
@@ -152,7 +156,7 @@ def pretrained(args):
                              "use fewer --demos")
         return tok, ans, mask
 
-    result, X, labels = analyse(model.cfg, model.params, tasks, n, k, make, args.seed, n)
+    result, X, labels = analyse(model, tasks, n, k, make, args.seed, n)
     for r in result["tasks"].values():
         r["top_token_strings"] = [model.to_string([i]) for i in r["top_tokens"]]
     result = {"model": label, "demos": k, "n_eval": n, "template": word_tasks.prompt_text([("x1", "y1"), ("xk", "yk")], "xq"),
@@ -190,7 +194,8 @@ def main(argv=None):
             tok, ans, _ = icl.icl_prompts(task, k, n, rng)
             return tok, ans, None
 
-        analysed, X, labels = analyse(cfg, params, tasks, size["n_eval"], size["demos"], make, args.seed, 40)
+        model = Model(cfg=cfg, params=params, name="icl-world")
+        analysed, X, labels = analyse(model, tasks, size["n_eval"], size["demos"], make, args.seed, 40)
         result = {"size": size, "train_seconds": train_s, **analysed}
         header = f"trained in {train_s:.0f}s"
     result["total_seconds"] = time.time() - t0

@@ -3,8 +3,8 @@
 ``collect`` runs the model batch by batch and writes one safetensors file per chunk of examples
 plus a ``manifest.json`` (both written atomically), so a dataset larger than memory is never held
 whole and a killed collection resumes where it stopped. The manifest records everything that
-defines the collection (model config and a parameter fingerprint, sites, layers, position rule,
-dtype, a hash of the tokens and resolved positions, metadata); collecting into a folder that holds
+defines the collection (model config, ``io.artifacts.model_fingerprint`` of the weights, sites,
+layers, position rule, dtype, a hash of the tokens and resolved positions, metadata); collecting into a folder that holds
 a different collection is refused rather than mixed. ``ActivationDataset`` reads it back chunk by
 chunk from memory-mapped files.
 
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .artifacts import model_fingerprint
 from .loading import read_safetensors, write_safetensors
 from ..core.sites import ATTN_SITES, LAYER_SITES, SITES, feature_shape
 
@@ -202,13 +203,6 @@ def _check_positions(positions, n: int):
 # the plan: batches, rows and the collection's identity
 
 
-def _param_fingerprint(params) -> list:
-    """Sum and sum of squares of every parameter tensor: cheap, and differs between checkpoints."""
-    leaves = jax.tree.leaves(params)
-    stats = [jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))]) for x in leaves]
-    return [[float(f"{v:.6g}") for v in s] for s in np.asarray(jnp.stack(stats)).tolist()]
-
-
 def _validate_request(cfg, sites, layers, dtype, batch_size, chunk_examples):
     if isinstance(sites, str):
         sites = [sites]
@@ -310,7 +304,7 @@ def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch
     spec = {
         "format": FORMAT,
         "cfg": cfg.to_dict(),
-        "param_fingerprint": _param_fingerprint(model.params),
+        "model_fingerprint": model_fingerprint(model),  # the weights (and config): the one fingerprint
         "sites": sites,
         "layers": layers,
         "positions": _rule_name(positions),

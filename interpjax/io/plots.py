@@ -19,6 +19,20 @@ def save_figure(fig, path) -> Path:
     return path
 
 
+def save_drawing(draw, path, figsize=(6.0, 3.6)) -> Path:
+    """One figure with one axes drawn by ``draw(ax)``, saved to ``path`` atomically (what a method
+    result's ``.plot(path)`` does with its ``.draw(ax)``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def heatmap(values_RC, path, row_labels, col_labels, annotations_RC=None, title: str = "", cmap: str = "viridis",
             cbar_label: str = "", vmin: float | None = None, vmax: float | None = None, xlabel: str = "",
             ylabel: str = "") -> Path:

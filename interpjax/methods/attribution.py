@@ -19,16 +19,22 @@ role is tested by suppressing (x0) or amplifying (x2) them vs the same number of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core import inputs
 from ..core import interventions as ivmod
 from ..core import model as M
-from ..core.config import Config
+from ..core.handle import require_model
 from ..core.interventions import Custom, Scale
 from ..core.sites import LAYER_SITES, feature_shape
+from ..io.artifacts import model_identity
+from ..io.plots import save_drawing
+from .result import Result
 
 F32 = jnp.float32
 METRICS = ("prob", "logprob", "logit")
@@ -37,7 +43,7 @@ RULES = ("riemann", "trapezoid")
 
 def path_points(steps: int, rule: str = "riemann"):
     """(alphas, weights) of the quadrature of int_0^1 g(alpha) d alpha with ``steps`` intervals."""
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if rule == "riemann":
         return np.arange(1, steps + 1, dtype=np.float32) / steps, np.full(steps, 1.0 / steps, np.float32)
@@ -57,100 +63,125 @@ def answer_metric(logits_V, answer, metric: str = "prob"):
     return jnp.exp(logp) if metric == "prob" else logp
 
 
-@dataclass
-class IGResult:
+@dataclass(frozen=True)
+class IGResult(Result):
     """``attributions`` [B, L, F] per prompt, layer and neuron; ``full`` [B] the metric of the
-    clean run; ``baseline`` [B, L] with that layer's neurons zeroed (the path's start)."""
+    clean run; ``baseline`` [B, L] with that layer's neurons zeroed (the path's start); the neurons
+    are those of ``site`` at ``positions`` [B] (one per prompt), for ``layers``."""
+
+    FORMAT: ClassVar[str] = "interpjax.integrated_gradients"
 
     attributions: np.ndarray
     full: np.ndarray
     baseline: np.ndarray
     layers: tuple
     site: str
+    positions: np.ndarray
     steps: int
     rule: str
+    metric: str
+    model: dict | None = None
 
     def completeness_gap(self) -> np.ndarray:
         """[B, L] relative gap |sum_j IG_j - (f(a) - f(0))| / |f(a) - f(0)|."""
         diff = self.full[:, None] - self.baseline
         return np.abs(self.attributions.sum(-1) - diff) / np.maximum(np.abs(diff), 1e-12)
 
+    def draw(self, ax):
+        """Mean attribution over prompts, one row per layer."""
+        mean_LF = self.attributions.mean(0)
+        lim = float(np.abs(mean_LF).max()) or 1.0
+        im = ax.imshow(mean_LF, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                       interpolation="nearest")
+        ax.set(xlabel="neuron", ylabel="layer", yticks=range(len(self.layers)), yticklabels=list(self.layers),
+               title=f"integrated gradients of p(answer) at {self.site}")
+        ax.figure.colorbar(im, ax=ax, label=f"attribution ({self.metric})")
+        return ax
 
-def _check_prompts(cfg: Config, tokens, attention_mask, answers):
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-    mask = np.ones(tokens.shape, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
-    if mask.shape != tokens.shape:
-        raise ValueError(f"attention_mask has shape {mask.shape}; expected {tokens.shape} like tokens")
-    answers = np.atleast_1d(np.asarray(answers))
-    if answers.shape != (tokens.shape[0],):
-        raise ValueError(f"answers must be one token id per prompt: shape ({tokens.shape[0]},), got {answers.shape}")
-    if answers.min() < 0 or answers.max() >= cfg.vocab_size:
-        raise ValueError(f"answer ids must lie in 0..{cfg.vocab_size - 1}")
-    return tokens.astype(np.int32), mask, answers.astype(np.int32)
+    def plot(self, path) -> Path:
+        return save_drawing(self.draw, path, figsize=(8.0, 3.0))
 
 
-def _check_site_layers(cfg: Config, site: str, layers):
-    if site not in LAYER_SITES or len(feature_shape(cfg, site)) != 1:
-        valid = [s for s in LAYER_SITES if len(feature_shape(cfg, s)) == 1]
-        raise ValueError(f"neuron attribution needs a layer site with one feature axis; got {site!r}, valid: {valid}")
-    layers = tuple(range(cfg.n_layers)) if layers is None else tuple(int(l) for l in np.atleast_1d(layers))
-    bad = [l for l in layers if not 0 <= l < cfg.n_layers]
-    if bad or not layers:
-        raise ValueError(f"layers {bad or '()'} invalid: valid layers are 0..{cfg.n_layers - 1}")
-    return layers
+def _check_prompts(model, tokens, attention_mask, answers):
+    require_model(model)
+    tokens = np.asarray(inputs.check_tokens(model.cfg, tokens))
+    mask = np.asarray(inputs.check_mask(attention_mask, tokens.shape))
+    answers = inputs.check_token_ids(model.cfg, answers, (tokens.shape[0],), name="answers")
+    return tokens, mask, answers
 
 
-def integrated_gradients(cfg: Config, params: dict, tokens, answers, *, attention_mask=None, site: str = "mlp_post",
-                         layers=None, position: int = -1, steps: int = 20, rule: str = "riemann",
-                         metric: str = "prob", batch_size: int | None = None) -> IGResult:
+def neuron_sites(cfg) -> list[str]:
+    """Layer sites with one feature axis: where a (layer, neuron) row names one activation."""
+    return [s for s in LAYER_SITES if len(feature_shape(cfg, s)) == 1]
+
+
+def _check_site_layers(cfg, site: str, layers):
+    if site not in neuron_sites(cfg):
+        raise ValueError(f"neuron attribution needs a layer site with one feature axis; got {site!r}, "
+                         f"valid: {neuron_sites(cfg)}")
+    return inputs.check_layers(cfg, layers, allow_empty=False)
+
+
+def _positions_B(positions, B: int, T: int) -> np.ndarray:
+    """One position per prompt: an int for every prompt, or [B] ints."""
+    shape = () if np.ndim(positions) == 0 else (B,)
+    pos = inputs.check_positions(positions, T, shape=shape)
+    return np.broadcast_to(pos, (B,)).astype(np.int32)
+
+
+def integrated_gradients(model, tokens, answers, *, attention_mask=None, site: str = "mlp_post", layers=None,
+                         positions=-1, steps: int = 20, rule: str = "riemann", metric: str = "prob",
+                         batch_size: int | None = None) -> IGResult:
     """IG of each prompt's ``answers`` metric at the last position w.r.t. every neuron of ``site``
-    at ``position``, one layer at a time (the other layers untouched), for ``layers`` (default all).
-    ``batch_size`` chunks the path steps (None: all steps in one vmap)."""
-    tokens, mask, answers = _check_prompts(cfg, tokens, attention_mask, answers)
+    at ``positions`` (an int for every prompt, or [B]), one layer at a time (the other layers
+    untouched), for ``layers`` (default all). ``batch_size`` chunks the path steps (None: all
+    steps in one vmap)."""
+    cfg = require_model(model, "integrated_gradients").cfg
+    tokens, mask, answers = _check_prompts(model, tokens, attention_mask, answers)
     layers = _check_site_layers(cfg, site, layers)
     alphas, weights = path_points(steps, rule)
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid: {METRICS}")
-    T = tokens.shape[1]
-    if not -T <= position < T:
-        raise ValueError(f"position {position} out of range: valid positions are {-T}..{T - 1}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    B, T = tokens.shape
+    pos = _positions_B(positions, B, T)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
     F = feature_shape(cfg, site)[0]
-    probe = Scale(site, layer=layers[0], factor=jnp.ones(F, M.compute_dtype(params)), positions=jnp.array([position]))
-    ivmod.validate((probe,), cfg, 1, T, M.compute_dtype(params))
-    attr, full, base = _ig_jit(cfg, params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers),
-                               jnp.asarray(layers), jnp.asarray(alphas), jnp.asarray(weights), site, int(position),
-                               metric, batch_size or len(alphas))
-    return IGResult(np.asarray(attr), np.asarray(full), np.asarray(base), layers, site, int(steps), rule)
+    dtype = M.compute_dtype(model.params)
+    probe = Scale(site, layer=layers[0], factor=jnp.ones(F, dtype), positions=jnp.asarray(pos[:, None]))
+    ivmod.validate((probe,), cfg, B, T, dtype)
+    attr, full, base = _ig_jit(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers),
+                               jnp.asarray(pos), jnp.asarray(layers), jnp.asarray(alphas), jnp.asarray(weights), site,
+                               metric, int(batch_size or len(alphas)))
+    return IGResult(np.asarray(attr), np.asarray(full), np.asarray(base), layers, site, pos, int(steps), rule, metric,
+                    model_identity(model))
 
 
-def _metric_of_factor(cfg, params, site, position, metric, tokens_T, mask_T, answer, layer, factor_F):
-    iv = Scale(site, layer=layer, factor=factor_F.astype(M.compute_dtype(params)), positions=jnp.array([position]))
+def _metric_of_factor(cfg, params, site, metric, tokens_T, mask_T, answer, position, layer, factor_F):
+    iv = Scale(site, layer=layer, factor=factor_F.astype(M.compute_dtype(params)), positions=position[None])
     logits = M.run(cfg, params, tokens_T[None], mask_T[None], None, (iv,), (), ())[0]
     return answer_metric(logits[0, -1], answer, metric)
 
 
-def _ig_impl(cfg, params, tokens_BT, mask_BT, answers_B, layers_L, alphas_S, weights_S, site, position, metric, chunk):
+def _ig_impl(cfg, params, tokens_BT, mask_BT, answers_B, positions_B, layers_L, alphas_S, weights_S, site, metric,
+             chunk):
     F = feature_shape(cfg, site)[0]
 
-    def one(tokens_T, mask_T, answer, layer):
-        f = lambda s_F: _metric_of_factor(cfg, params, site, position, metric, tokens_T, mask_T, answer, layer, s_F)
+    def one(tokens_T, mask_T, answer, position, layer):
+        f = lambda s_F: _metric_of_factor(cfg, params, site, metric, tokens_T, mask_T, answer, position, layer, s_F)
         grad_at = lambda a: jax.grad(f)(jnp.full((F,), a, F32))
         grads_SF = jax.lax.map(grad_at, alphas_S, batch_size=chunk)
         ig_F = jnp.einsum("s,sf->f", weights_S, grads_SF)
         return ig_F, f(jnp.ones((F,), F32)), f(jnp.zeros((F,), F32))
 
-    per_layer = jax.vmap(one, in_axes=(None, None, None, 0))
-    ig, full, base = jax.vmap(per_layer, in_axes=(0, 0, 0, None))(tokens_BT, mask_BT, answers_B, layers_L)
+    per_layer = jax.vmap(one, in_axes=(None, None, None, None, 0))
+    ig, full, base = jax.vmap(per_layer, in_axes=(0, 0, 0, 0, None))(tokens_BT, mask_BT, answers_B, positions_B,
+                                                                     layers_L)
     return ig, full[:, 0], base
 
 
-_ig_jit = jax.jit(_ig_impl, static_argnums=(0, 8, 9, 10, 11))
+_ig_jit = jax.jit(_ig_impl, static_argnums=(0, 9, 10, 11))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +221,12 @@ def _scale_rows(x_BTF, layer_index, p):
     return jnp.where(on_T[None, :, None], scaled, x_BTF)
 
 
-def neuron_factors(cfg: Config, neurons_K2, factor: float, site: str = "mlp_post") -> np.ndarray:
-    """[L, F] multipliers: ``factor`` at the (layer, neuron) rows, 1 elsewhere."""
+def neuron_factors(model, neurons, factor: float, *, site: str = "mlp_post") -> np.ndarray:
+    """[L, F] multipliers: ``factor`` at the (layer, neuron) rows of ``neurons`` [K, 2], 1 elsewhere."""
+    cfg = require_model(model, "neuron_factors").cfg
+    _check_site_layers(cfg, site, None)
     F = feature_shape(cfg, site)[0]
-    n = np.asarray(neurons_K2, np.int64).reshape(-1, 2)
+    n = np.asarray(neurons, np.int64).reshape(-1, 2)
     if n.size and (n[:, 0].min() < 0 or n[:, 0].max() >= cfg.n_layers or n[:, 1].min() < 0 or n[:, 1].max() >= F):
         raise ValueError(f"neurons must be (layer in 0..{cfg.n_layers - 1}, neuron in 0..{F - 1}) rows")
     out = np.ones((cfg.n_layers, F), np.float32)
@@ -201,19 +234,27 @@ def neuron_factors(cfg: Config, neurons_K2, factor: float, site: str = "mlp_post
     return out
 
 
-def scale_neurons(cfg: Config, neurons_K2, factor: float, *, site: str = "mlp_post", position: int | None = -1) -> Custom:
+def scale_neurons(model, neurons, factor: float, *, site: str = "mlp_post", positions: int | None = -1) -> Custom:
     """One intervention multiplying the given (layer, neuron) rows by ``factor`` (0 suppresses, 2
-    amplifies) at ``position`` (None: every position), across all layers at once."""
-    _check_site_layers(cfg, site, None)
+    amplifies) at one position ``positions`` (an int; None: every position), across all layers at once."""
+    cfg = require_model(model, "scale_neurons").cfg
+    if positions is not None and (isinstance(positions, bool) or not isinstance(positions, (int, np.integer))):
+        raise ValueError(f"positions must be one int position or None (every position), got {positions!r}")
+    if positions is not None and not -cfg.n_ctx <= positions < cfg.n_ctx:
+        raise ValueError(f"positions={positions} out of range for the model context n_ctx={cfg.n_ctx}")
     return Custom(site, _scale_rows, layer=jnp.arange(cfg.n_layers),
-                  params={"factor_LF": jnp.asarray(neuron_factors(cfg, neurons_K2, factor, site)),
-                          "position": jnp.asarray(0 if position is None else position, jnp.int32),
-                          "all_positions": jnp.asarray(position is None)})
+                  params={"factor_LF": jnp.asarray(neuron_factors(model, neurons, factor, site=site)),
+                          "position": jnp.asarray(0 if positions is None else positions, jnp.int32),
+                          "all_positions": jnp.asarray(positions is None)})
 
 
-def random_neurons(rng: np.random.Generator, neurons_K2, n_neurons: int, exclude=None) -> np.ndarray:
-    """As many random neurons per layer as ``neurons_K2`` has (a matched control), avoiding ``exclude``."""
-    n = np.asarray(neurons_K2, np.int64).reshape(-1, 2)
+def matched_random_neurons(model, neurons, rng: np.random.Generator, *, site: str = "mlp_post",
+                           exclude=None) -> np.ndarray:
+    """As many random neurons of ``site`` in each layer as ``neurons`` [K, 2] has there (a control
+    matched per layer), avoiding ``exclude`` (default: ``neurons`` themselves)."""
+    _check_site_layers(require_model(model, "matched_random_neurons").cfg, site, None)
+    n_neurons = feature_shape(model.cfg, site)[0]
+    n = np.asarray(neurons, np.int64).reshape(-1, 2)
     ex = n if exclude is None else np.asarray(exclude, np.int64).reshape(-1, 2)
     out = []
     for layer in np.unique(n[:, 0]):
@@ -225,18 +266,18 @@ def random_neurons(rng: np.random.Generator, neurons_K2, n_neurons: int, exclude
     return np.asarray(out, np.int32).reshape(-1, 2)
 
 
-def answer_probs(cfg: Config, params: dict, tokens, answers, attention_mask=None, interventions=None) -> np.ndarray:
+def answer_probs(model, tokens, answers, *, attention_mask=None, interventions=None) -> np.ndarray:
     """[B] probability of each prompt's answer token at the last position."""
-    tokens, mask, answers = _check_prompts(cfg, tokens, attention_mask, answers)
-    logits = M.forward(cfg, params, tokens, mask, interventions)[:, -1].astype(F32)
+    tokens, mask, answers = _check_prompts(model, tokens, attention_mask, answers)
+    logits = M.forward(model.cfg, model.params, tokens, mask, interventions)[:, -1].astype(F32)
     return np.asarray(jnp.take_along_axis(jax.nn.softmax(logits, -1), jnp.asarray(answers)[:, None], 1)[:, 0])
 
 
-def neuron_effect(cfg: Config, params: dict, tokens, answers, neurons_K2, factor: float, *, attention_mask=None,
-                  site: str = "mlp_post", position: int | None = -1) -> np.ndarray:
+def neuron_effect(model, tokens, answers, neurons, factor: float, *, attention_mask=None, site: str = "mlp_post",
+                  positions: int | None = -1) -> np.ndarray:
     """[B] relative change of the answer probability, (p_edited - p) / p, when the neurons are
     multiplied by ``factor``."""
-    before = answer_probs(cfg, params, tokens, answers, attention_mask)
-    iv = scale_neurons(cfg, neurons_K2, factor, site=site, position=position)
-    after = answer_probs(cfg, params, tokens, answers, attention_mask, iv)
+    before = answer_probs(model, tokens, answers, attention_mask=attention_mask)
+    iv = scale_neurons(model, neurons, factor, site=site, positions=positions)
+    after = answer_probs(model, tokens, answers, attention_mask=attention_mask, interventions=iv)
     return (after - before) / np.maximum(before, 1e-12)

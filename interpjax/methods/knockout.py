@@ -8,27 +8,105 @@ knockout is an ``AttentionKnockout`` value whose ``layer`` is a traced array ``s
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core import inputs
 from ..core import model as M
-from ..core.config import Config
+from ..core.handle import require_model
 from ..core.interventions import Ablate, AttentionKnockout
+from ..io.artifacts import model_identity
+from ..io.plots import save_drawing
+from .result import Result
 
 EDGE_KINDS = ("subject", "non_subject", "last")
 SUBLAYERS = {"attn": "attn_out", "mlp": "mlp_out"}
 
 
-def _as_mask(tokens, attention_mask):
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
-    mask = np.ones_like(tokens, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
-    if mask.shape != tokens.shape:
-        raise ValueError(f"attention_mask has shape {mask.shape}; expected {tokens.shape}")
-    return tokens.astype(np.int32), mask
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class KnockoutResult(Result):
+    """One knockout sweep over window starts. ``edit`` is "attention" (``kind``: which edges from
+    the last position were blocked) or "sublayer" (``kind``: "attn" or "mlp", zeroed). ``prob`` [B]
+    is each answer's probability unedited, ``prob_knocked`` [starts, B] with the window starting at
+    ``starts[i]`` knocked out, ``relative_change`` [starts] the mean of (p_knocked - p) / p."""
+
+    FORMAT: ClassVar[str] = "interpjax.knockout"
+
+    edit: str
+    kind: str
+    window: int
+    starts: np.ndarray
+    answers: np.ndarray
+    prob: np.ndarray
+    prob_knocked: np.ndarray
+    relative_change: np.ndarray
+    model: dict | None = None
+
+    def draw(self, ax):
+        """Relative change of the answer probability by window start, onto matplotlib axes."""
+        label = f"last -> {self.kind}" if self.edit == "attention" else f"zero {self.kind}"
+        ax.plot(self.starts, self.relative_change, marker="o", label=label)
+        ax.set(xlabel="window start layer", ylabel="relative change in p(answer)",
+               title=f"{self.edit} knockout (window {self.window})")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        return ax
+
+    def plot(self, path) -> Path:
+        return save_drawing(self.draw, path)
+
+
+@dataclass(frozen=True)
+class AttributeRateResult(Result):
+    """``rate`` [L]: the share of the top-``k`` vocabulary projection of the residual after each
+    layer, at each prompt's ``positions``, that lies in that prompt's attribute set (mean over prompts)."""
+
+    FORMAT: ClassVar[str] = "interpjax.attribute_rate"
+
+    rate: np.ndarray
+    k: int
+    positions: np.ndarray
+    model: dict | None = None
+
+    def draw(self, ax):
+        ax.plot(np.arange(len(self.rate)), self.rate, marker="o")
+        ax.set(xlabel="layer", ylabel=f"attribute rate (top-{self.k})", title="attribute rate")
+        ax.grid(alpha=0.3)
+        return ax
+
+    def plot(self, path) -> Path:
+        return save_drawing(self.draw, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def _prompts(model, tokens, attention_mask, answers=None):
+    """Checked (tokens, mask, answers or None); the last position must be real in every row."""
+    tokens = np.asarray(inputs.check_tokens(model.cfg, tokens))
+    mask = np.asarray(inputs.check_mask(attention_mask, tokens.shape))
+    if (mask[:, -1] == 0).any():
+        bad = np.flatnonzero(mask[:, -1] == 0).tolist()
+        raise ValueError(f"rows {bad[:5]} end in padding: the last position must be a real token (use left padding)")
+    if answers is not None:
+        answers = inputs.check_token_ids(model.cfg, answers, (tokens.shape[0],), name="answers")
+    return tokens, mask, answers
+
+
+def _check_window(cfg, window: int):
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 1 <= window <= cfg.n_layers:
+        raise ValueError(f"window={window!r} must be an integer in 1..n_layers={cfg.n_layers}")
+    return int(window)
 
 
 def key_positions(kind: str, subject_mask_BT, attention_mask_BT) -> np.ndarray:
@@ -39,11 +117,13 @@ def key_positions(kind: str, subject_mask_BT, attention_mask_BT) -> np.ndarray:
     first one (a set, so repeats change nothing)."""
     if kind not in EDGE_KINDS:
         raise ValueError(f"unknown knockout kind {kind!r}; valid kinds: {EDGE_KINDS}")
-    subj = np.asarray(subject_mask_BT, bool)
-    real = np.asarray(attention_mask_BT, bool)
+    subj = np.asarray(subject_mask_BT)
+    real = np.asarray(attention_mask_BT)
     if subj.shape != real.shape:
         raise ValueError(f"subject mask has shape {subj.shape}; expected {real.shape} like the tokens")
-    B, T = subj.shape
+    if subj.dtype != np.bool_ and not np.isin(subj, (0, 1)).all():
+        raise ValueError(f"subject mask must be boolean (or 0/1); got values {sorted(set(subj.ravel().tolist()))[:5]}")
+    subj, real = subj.astype(bool), real.astype(bool)
     last = np.zeros_like(subj)
     last[:, -1] = True
     if kind == "subject":
@@ -65,17 +145,29 @@ def window_layers(start, window: int, n_layers: int):
     return jnp.clip(start + jnp.arange(window), 0, n_layers - 1)
 
 
-def _target_prob(logits_BV, target_B):
-    """Probability of each row's target token."""
+def _answer_prob(logits_BV, answers_B):
+    """Probability of each row's answer token."""
     probs = jax.nn.softmax(logits_BV.astype(jnp.float32), -1)
-    return jnp.take_along_axis(probs, target_B[:, None], 1)[:, 0]
+    return jnp.take_along_axis(probs, answers_B[:, None], 1)[:, 0]
+
+
+def _own_answers(model, tokens, mask, answers):
+    """The given answers, or the model's own top-1 next token at the last position."""
+    if answers is not None:
+        return answers
+    logits = M.forward(model.cfg, model.params, tokens, mask)[:, -1]
+    return np.asarray(jnp.argmax(logits, -1), np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# knockouts
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _knockout_probs(cfg, params, tokens, mask, keys_BP, window, n_starts, target_B):
+def _knockout_probs(cfg, params, tokens, mask, keys_BP, window, n_starts, answers_B):
     def prob(iv):
-        return _target_prob(M.run(cfg, params, tokens, mask, None, (iv,) if iv is not None else (), (), ())[0][:, -1],
-                            target_B)
+        ivs = (iv,) if iv is not None else ()
+        return _answer_prob(M.run(cfg, params, tokens, mask, None, ivs, (), ())[0][:, -1], answers_B)
 
     def one(start):
         return prob(AttentionKnockout(layer=window_layers(start, window, cfg.n_layers),
@@ -84,73 +176,59 @@ def _knockout_probs(cfg, params, tokens, mask, keys_BP, window, n_starts, target
     return prob(None), jax.vmap(one)(jnp.arange(n_starts))
 
 
-def _check_window(cfg: Config, window: int):
-    if not 1 <= window <= cfg.n_layers:
-        raise ValueError(f"window={window} must be in 1..n_layers={cfg.n_layers}")
-
-
-def _targets(cfg, params, tokens, mask, target):
-    if target is None:
-        logits = M.forward(cfg, params, tokens, mask)[:, -1]
-        return np.asarray(jnp.argmax(logits, -1), np.int32)
-    target = np.asarray(target, np.int32)
-    if target.shape != (tokens.shape[0],):
-        raise ValueError(f"target must hold one token id per prompt, shape ({tokens.shape[0]},); got {target.shape}")
-    if target.min() < 0 or target.max() >= cfg.vocab_size:
-        raise ValueError(f"target ids must lie in 0..{cfg.vocab_size - 1}")
-    return target
-
-
-def attention_knockout(cfg: Config, params: dict, tokens, subject_mask, attention_mask=None, *,
-                       kind: str = "subject", window: int = 1, target=None) -> dict:
+def attention_knockout(model, tokens, subject_mask, *, attention_mask=None, kind: str = "subject",
+                       window: int = 1, answers=None) -> KnockoutResult:
     """Block the last position's attention to ``kind`` positions in every window of ``window``
-    layers (one compiled vmapped sweep over window starts).
-
-    Returns ``prob`` [B] (the target's probability unedited; target = the model's own top-1 unless
-    given), ``prob_knocked`` [starts, B] and ``relative_change`` [starts]: mean over prompts of
-    (p_knocked - p) / p, the quantity Geva et al. plot (negative = the edges mattered)."""
-    tokens, mask = _as_mask(tokens, attention_mask)
-    _check_window(cfg, window)
-    if (mask[:, -1] == 0).any():
-        raise ValueError("the last position must be a real token in every row (use left padding)")
+    layers (one compiled vmapped sweep over window starts). ``answers`` [B] are the token ids whose
+    probability is measured (default: the model's own top-1); the result's ``relative_change`` is
+    the quantity Geva et al. plot (negative = the edges mattered)."""
+    cfg = require_model(model, "attention_knockout").cfg
+    window = _check_window(cfg, window)
+    tokens, mask, answers = _prompts(model, tokens, attention_mask, answers)
     keys = key_positions(kind, subject_mask, mask)
-    target = _targets(cfg, params, tokens, mask, target)
+    answers = _own_answers(model, tokens, mask, answers)
     n_starts = cfg.n_layers - window + 1
-    p, pk = _knockout_probs(cfg, params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(keys), window,
-                            n_starts, jnp.asarray(target))
+    p, pk = _knockout_probs(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(keys), window,
+                            n_starts, jnp.asarray(answers))
     p, pk = np.asarray(p), np.asarray(pk)
-    return {"starts": np.arange(n_starts), "window": window, "kind": kind, "target": target, "prob": p,
-            "prob_knocked": pk, "relative_change": ((pk - p) / p).mean(-1)}
+    return KnockoutResult("attention", kind, window, np.arange(n_starts), answers, p, pk, ((pk - p) / p).mean(-1),
+                          model_identity(model))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 6, 7))
-def _sublayer_probs(cfg, params, tokens, mask, site, positions_BP, window, n_starts, target_B):
+def _sublayer_probs(cfg, params, tokens, mask, site, positions_BP, window, n_starts, answers_B):
     def one(start):
         iv = Ablate(site=site, layer=window_layers(start, window, cfg.n_layers), kind="zero", positions=positions_BP)
-        return _target_prob(M.run(cfg, params, tokens, mask, None, (iv,), (), ())[0][:, -1], target_B)
+        return _answer_prob(M.run(cfg, params, tokens, mask, None, (iv,), (), ())[0][:, -1], answers_B)
 
     return jax.vmap(one)(jnp.arange(n_starts))
 
 
-def sublayer_knockout(cfg: Config, params: dict, tokens, positions, attention_mask=None, *, sublayer: str = "mlp",
-                      window: int = 1, target=None) -> dict:
-    """Zero the ``sublayer`` ("attn" or "mlp") output at ``positions`` ([P] or [B, P]) for every
-    window of ``window`` layers; same outputs as ``attention_knockout``."""
+def sublayer_knockout(model, tokens, positions, *, attention_mask=None, sublayer: str = "mlp", window: int = 1,
+                      answers=None) -> KnockoutResult:
+    """Zero the ``sublayer`` ("attn" or "mlp") output at ``positions`` ([P], or [B, P] per prompt)
+    for every window of ``window`` layers; the same result as ``attention_knockout``."""
     if sublayer not in SUBLAYERS:
         raise ValueError(f"unknown sublayer {sublayer!r}; valid: {tuple(SUBLAYERS)}")
-    tokens, mask = _as_mask(tokens, attention_mask)
-    _check_window(cfg, window)
-    positions = np.asarray(positions, np.int32)
-    T = tokens.shape[1]
-    if positions.size == 0 or positions.min() < -T or positions.max() >= T:
-        raise ValueError(f"positions {positions.tolist()} out of range for {T} tokens")
-    target = _targets(cfg, params, tokens, mask, target)
-    p = np.asarray(_target_prob(M.forward(cfg, params, tokens, mask)[:, -1], jnp.asarray(target)))
+    cfg = require_model(model, "sublayer_knockout").cfg
+    window = _check_window(cfg, window)
+    tokens, mask, answers = _prompts(model, tokens, attention_mask, answers)
+    B, T = tokens.shape
+    positions = np.asarray(positions)
+    if positions.ndim not in (1, 2) or (positions.ndim == 2 and positions.shape[0] != B):
+        raise ValueError(f"positions must be [P] or [B={B}, P]; got shape {positions.shape}")
+    positions = inputs.check_positions(positions, T)
+    answers = _own_answers(model, tokens, mask, answers)
+    p = np.asarray(_answer_prob(M.forward(cfg, model.params, tokens, mask)[:, -1], jnp.asarray(answers)))
     n_starts = cfg.n_layers - window + 1
-    pk = np.asarray(_sublayer_probs(cfg, params, jnp.asarray(tokens), jnp.asarray(mask), SUBLAYERS[sublayer],
-                                    jnp.asarray(positions), window, n_starts, jnp.asarray(target)))
-    return {"starts": np.arange(n_starts), "window": window, "sublayer": sublayer, "target": target, "prob": p,
-            "prob_knocked": pk, "relative_change": ((pk - p) / p).mean(-1)}
+    pk = np.asarray(_sublayer_probs(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), SUBLAYERS[sublayer],
+                                    jnp.asarray(positions), window, n_starts, jnp.asarray(answers)))
+    return KnockoutResult("sublayer", sublayer, window, np.arange(n_starts), answers, p, pk, ((pk - p) / p).mean(-1),
+                          model_identity(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# attribute rate
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -162,27 +240,26 @@ def _topk_per_layer(cfg, params, tokens, mask, pos_B, k):
     return jax.lax.top_k(logits, k)[1]  # [L, B, k]
 
 
-def attribute_rate(cfg: Config, params: dict, tokens, positions_B, attribute_sets, attention_mask=None, *,
-                   k: int = 50) -> np.ndarray:
-    """Attribute rate per layer [L]: the fraction of the top-``k`` tokens of the residual (after each
-    layer) at ``positions_B`` (e.g. the subject's last token), read through the final norm and
-    unembedding, that belong to that prompt's set of attribute token ids; averaged over prompts."""
-    tokens, mask = _as_mask(tokens, attention_mask)
+def attribute_rate(model, tokens, positions, attribute_sets, *, attention_mask=None,
+                   k: int = 50) -> AttributeRateResult:
+    """Attribute rate per layer: the fraction of the top-``k`` tokens of the residual (after each
+    layer) at ``positions`` [B] (one per prompt, e.g. the subject's last token), read through the
+    final norm and unembedding, that belong to that prompt's set of attribute token ids."""
+    cfg = require_model(model, "attribute_rate").cfg
+    tokens = np.asarray(inputs.check_tokens(cfg, tokens))
+    mask = np.asarray(inputs.check_mask(attention_mask, tokens.shape))
     B, T = tokens.shape
-    pos = np.asarray(positions_B, np.int32)
-    if pos.shape != (B,):
-        raise ValueError(f"positions_B must hold one position per prompt, shape ({B},); got {pos.shape}")
+    pos = inputs.check_positions(positions, T, shape=(B,))
     pos = np.where(pos < 0, pos + T, pos)
-    if pos.min() < 0 or pos.max() >= T:
-        raise ValueError(f"positions {positions_B} out of range for {T} tokens")
     if len(attribute_sets) != B:
         raise ValueError(f"need one attribute set per prompt ({B}); got {len(attribute_sets)}")
     if any(len(s) == 0 for s in attribute_sets):
         raise ValueError("every prompt needs a non-empty attribute token set")
-    if not 1 <= k <= cfg.vocab_size:
-        raise ValueError(f"k={k} must be in 1..vocab_size={cfg.vocab_size}")
-    top = np.asarray(_topk_per_layer(cfg, params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(pos), k))
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= cfg.vocab_size:
+        raise ValueError(f"k={k!r} must be an integer in 1..vocab_size={cfg.vocab_size}")
+    top = np.asarray(_topk_per_layer(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(pos),
+                                     int(k)))
     rate = np.zeros(cfg.n_layers)
     for b, attrs in enumerate(attribute_sets):
         rate += np.isin(top[:, b], np.asarray(list(attrs))).mean(-1)
-    return rate / B
+    return AttributeRateResult(rate / B, int(k), pos.astype(np.int32), model_identity(model))

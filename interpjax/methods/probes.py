@@ -16,7 +16,6 @@ acts on raw activations and its weight columns are directions in activation spac
 from __future__ import annotations
 
 import json
-import os
 from functools import partial
 from pathlib import Path
 
@@ -26,22 +25,31 @@ import numpy as np
 import optax
 from flax import struct
 
+from ..io.artifacts import ArtifactError
+from .result import Result
+
 KINDS = ("ridge", "logistic", "mlp")
 TASKS = ("regression", "classification")
 HIGHEST = jax.lax.Precision.HIGHEST
 _mm = partial(jnp.matmul, precision=HIGHEST)
-_FORMAT = "interpjax.probe/1"
+FORMAT = "interpjax.probe"
+VERSION = 2  # 1: the pre-artifact layout (JSON under the 'interpjax_probe' header key)
+PARAM_NAMES = {"ridge": ("w", "b"), "logistic": ("w", "b"), "mlp": ("w1", "b1", "w2", "b2")}
 CV_RTOL = 1e-4  # CV errors within this relative distance of the best count as ties (largest alpha wins)
 
 
 @struct.dataclass
-class Probe:
+class Probe(Result):
     """A fitted probe: ``params`` (array leaves, leading L axis when fitted on [L, N, D]) + static meta.
 
     ``squeeze`` records that the targets were given as [N] (so predictions drop the target axis);
     ``alpha`` is the ridge strength chosen per layer by cross-validation (None for other kinds) and
-    ``cv_mse`` the mean held-out MSE of every candidate alpha ([.., A]).
+    ``cv_mse`` the mean held-out MSE of every candidate alpha ([.., A]). A ``Result``:
+    ``probe.save(path)`` / ``Probe.load(path)`` (one safetensors file, no pickle).
     """
+
+    FORMAT = FORMAT
+    VERSION = VERSION
 
     params: dict
     alpha: jax.Array | None = None
@@ -64,6 +72,36 @@ class Probe:
         pick = lambda a: None if a is None else a[int(layer)]  # noqa: E731
         return self.replace(params=jax.tree.map(pick, self.params), alpha=pick(self.alpha),
                             cv_mse=pick(self.cv_mse), n_layers=None)
+
+    @classmethod
+    def from_artifact(cls, art) -> "Probe":
+        """A loaded probe file as a Probe (jax arrays), its kind and parameters checked."""
+        kind = art.meta.get("kind")
+        if kind not in KINDS:
+            raise ArtifactError(f"unknown probe kind {kind!r}; valid kinds: {KINDS}")
+        probe = super().from_artifact(art)
+        params = dict(probe.params) if isinstance(probe.params, dict) else {}
+        missing = [k for k in PARAM_NAMES[kind] if k not in params]
+        if missing:
+            raise ArtifactError(f"missing tensor 'params.{missing[0]}' of a {kind} probe (the file holds "
+                                f"{sorted(art.arrays)})")
+        get = lambda a: None if a is None else jnp.asarray(a)  # noqa: E731
+        return probe.replace(params={k: jnp.asarray(v) for k, v in params.items()}, alpha=get(probe.alpha),
+                             cv_mse=get(probe.cv_mse))
+
+    @classmethod
+    def legacy_artifact(cls, header_meta: dict):
+        """The header of a probe file of the pre-artifact layout (``interpjax_probe`` key), or None."""
+        raw = header_meta.get("interpjax_probe")
+        if raw is None:
+            return None
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"corrupt 'interpjax_probe' metadata ({e})") from None
+        if not isinstance(meta, dict) or meta.pop("format", None) != "interpjax.probe/1":
+            raise ArtifactError("unknown probe format in 'interpjax_probe'; expected 'interpjax.probe/1'")
+        return meta, None, 1, {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,48 +642,13 @@ def top_neurons(cos_F, k: int):
 # saving
 
 
-def _meta(probe: Probe) -> dict:
-    return {"format": _FORMAT, "kind": probe.kind, "task": probe.task, "n_classes": probe.n_classes,
-            "n_targets": probe.n_targets, "d_in": probe.d_in, "n_layers": probe.n_layers,
-            "squeeze": probe.squeeze, "alphas": list(probe.alphas)}
-
-
-def save_probe(probe: Probe, path) -> None:
-    """Write the probe as one safetensors file (weights + JSON meta in its header), atomically."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    tensors = {f"params.{k}": np.asarray(v, np.float32) for k, v in probe.params.items()}
-    if probe.alpha is not None:
-        tensors["alpha"] = np.asarray(probe.alpha, np.float32)
-        tensors["cv_mse"] = np.asarray(probe.cv_mse, np.float32)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
-              metadata={"interpjax_probe": json.dumps(_meta(probe))})
-    os.replace(tmp, path)
+def save_probe(probe: Probe, path) -> Path:
+    """Write the probe as one safetensors file (weights + JSON meta in its header), atomically
+    (the same as ``probe.save(path)``)."""
+    return probe.save(path)
 
 
 def load_probe(path) -> Probe:
-    """Read a probe written by ``save_probe`` (no pickle involved)."""
-    from safetensors import safe_open
-
-    from ..io.loading import read_safetensors
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no probe file at {path}")
-    tensors = read_safetensors(path)
-    with safe_open(str(path), "np") as f:
-        raw = (f.metadata() or {}).get("interpjax_probe")
-    if raw is None:
-        raise ValueError(f"{path.name} is not an interpjax probe file (no probe metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path.name}: unknown probe format {meta.get('format')!r}; expected {_FORMAT!r}")
-    if meta["kind"] not in KINDS:
-        raise ValueError(f"{path.name}: unknown probe kind {meta['kind']!r}; valid kinds: {KINDS}")
-    params = {k[len("params."):]: jnp.asarray(np.array(v)) for k, v in tensors.items() if k.startswith("params.")}
-    get = lambda k: jnp.asarray(np.array(tensors[k])) if k in tensors else None  # noqa: E731
-    return Probe(params=params, alpha=get("alpha"), cv_mse=get("cv_mse"), kind=meta["kind"], task=meta["task"],
-                 n_classes=meta["n_classes"], n_targets=meta["n_targets"], d_in=meta["d_in"],
-                 n_layers=meta["n_layers"], squeeze=meta["squeeze"], alphas=tuple(meta["alphas"]))
+    """Read a probe written by ``save_probe`` / ``Probe.save`` (or by the older ``interpjax.probe/1``
+    layout); no pickle involved (the same as ``Probe.load(path)``)."""
+    return Probe.load(path)

@@ -10,22 +10,28 @@ and ``scale_L`` the spread of the training projections, so 0 is "neither" and +/
 from __future__ import annotations
 
 import html
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .steering import SteeringVector, check_contrast, check_model, check_site_layer, collect, load_artifact, mean_diff_direction, model_identity, pca_direction, save_artifact
+from ..io.artifacts import IDENTITY_KEYS, ArtifactError, atomic_write_text, check_model, model_identity
+from .result import Result
+from .steering import (SteeringVector, activations_at, check_contrast, check_site_layer, identity_of, legacy_v1,
+                       mean_diff_direction, pca_direction)
 
-FORMAT = "interpjax.reading/1"
+FORMAT = "interpjax.reading"
+VERSION = 2  # 1: the pre-artifact layout ("interpjax.reading/1", tensors directions / center / scale)
 METHODS = ("pca", "mean_diff")
 
 
 @dataclass(frozen=True)
-class ReadingVectors:
+class ReadingVectors(Result):
     """Unit reading directions [L, D] at ``site`` for ``layers``, with the centring and scale that
-    turn projections into scores."""
+    turn projections into scores. A ``Result``: ``.save(path)``, ``ReadingVectors.load(path, model=)``."""
+
+    FORMAT = FORMAT
+    VERSION = VERSION
 
     directions_LD: np.ndarray
     center_LD: np.ndarray
@@ -55,21 +61,46 @@ class ReadingVectors:
         return SteeringVector(self.directions_LD[i] * gap, self.site, int(layer), self.method,
                               {**meta, "label": self.meta.get("label", self.method)})
 
-    def save(self, path) -> Path:
-        meta = {"format": FORMAT, "layers": list(self.layers), "site": self.site, "method": self.method, **self.meta}
-        return save_artifact(path, {"directions": self.directions_LD, "center": self.center_LD, "scale": self.scale_L},
-                             meta)
+    # -- the artifact: arrays as tensors; layers, site, method and meta (less the model identity) as JSON
+
+    def artifact_identity(self) -> dict | None:
+        return identity_of(self.meta)
+
+    def with_identity(self, identity: dict) -> "ReadingVectors":
+        return replace(self, meta={**self.meta, **identity})
+
+    def artifact_meta(self) -> dict:
+        return {"layers": [int(l) for l in self.layers], "site": self.site, "method": self.method,
+                "meta": {k: v for k, v in self.meta.items() if k not in IDENTITY_KEYS}}
 
     @classmethod
-    def load(cls, path, model=None) -> "ReadingVectors":
-        """Read saved reading vectors; with ``model``, refuse them unless made on that model."""
-        arrays, meta = load_artifact(path, FORMAT)
-        if model is not None:
-            check_model(meta, model, f"reading vectors {Path(path).name}")
-        layers, site, method = tuple(meta.pop("layers")), meta.pop("site"), meta.pop("method")
-        meta.pop("format")
-        return cls(np.array(arrays["directions"]), np.array(arrays["center"]), np.array(arrays["scale"]), layers, site,
-                   method, meta)
+    def from_artifact(cls, art) -> "ReadingVectors":
+        rv = super().from_artifact(art)
+        meta = {**(art.model or {}), **{k: v for k, v in rv.meta.items() if k not in IDENTITY_KEYS}}
+        f32 = lambda a: np.array(a, np.float32)  # noqa: E731
+        rv = replace(rv, directions_LD=f32(rv.directions_LD), center_LD=f32(rv.center_LD), scale_L=f32(rv.scale_L),
+                     layers=tuple(int(l) for l in rv.layers), meta=meta)
+        L, D = len(rv.layers), meta.get("d_model", rv.directions_LD.shape[-1])
+        for name, a, want in (("directions_LD", rv.directions_LD, (L, D)), ("center_LD", rv.center_LD, (L, D)),
+                              ("scale_L", rv.scale_L, (L,))):
+            if a.shape != want:
+                raise ArtifactError(f"tensor {name!r} has shape {a.shape}; {len(rv.layers)} layers of a "
+                                    f"d_model={D} model need {want}")
+        return rv
+
+    @classmethod
+    def legacy_artifact(cls, header_meta: dict):
+        return legacy_v1(header_meta, "interpjax.reading/1", ("layers", "site", "method"),
+                         {"directions": "directions_LD", "center": "center_LD", "scale": "scale_L"})
+
+    def check(self, model, what: str = "reading vectors") -> None:
+        """Refuse these vectors for ``model``: another model (fingerprint, widths), or sites, layers
+        or a width that do not fit it."""
+        check_model(self.artifact_identity(), model, what)
+        check_site_layer(model, self.site, self.layers)
+        if self.directions_LD.shape[-1] != model.cfg.d_model:
+            raise ValueError(f"{what} have width {self.directions_LD.shape[-1]}; the model's d_model is "
+                             f"{model.cfg.d_model}")
 
 
 def fit(pos_LND, neg_LND, layers, site: str = "resid_post", method: str = "pca", seed: int = 0,
@@ -111,8 +142,8 @@ def reading_vectors(model, positive, negative, layers=None, site: str = "resid_p
     check_site_layer(model, site, layers)
     if method not in METHODS:
         raise ValueError(f"method={method!r}; valid: {METHODS}")
-    pos = collect(model, positive, site, layers, token)
-    neg = collect(model, negative, site, layers, token)
+    pos = activations_at(model, positive, site, layers, token)
+    neg = activations_at(model, negative, site, layers, token)
     meta = {**model_identity(model), "prompts": {"positive": positive, "negative": negative}, "token": token,
             "label": label or method}
     return fit(pos, neg, layers, site, method, seed, meta)
@@ -127,10 +158,10 @@ def evaluate(rv: ReadingVectors, model, positive, negative) -> dict:
     """Held-out accuracy per layer on a paired contrast set: ``pair`` (positive above its negative)
     and ``single`` (each text alone classified by the sign of its score)."""
     positive, negative = check_contrast(positive, negative)
-    check_model(rv.meta, model, "reading vectors")
+    rv.check(model)
     token = rv.meta.get("token", "last")
-    pos = collect(model, positive, rv.site, rv.layers, token)
-    neg = collect(model, negative, rv.site, rv.layers, token)
+    pos = activations_at(model, positive, rv.site, rv.layers, token)
+    neg = activations_at(model, negative, rv.site, rv.layers, token)
     sp, sn = rv.scores(pos), rv.scores(neg)
     return {"layers": list(rv.layers), "pair": (sp > sn).mean(1).tolist(),
             "single": (((sp > 0).mean(1) + (sn < 0).mean(1)) / 2).tolist()}
@@ -141,13 +172,19 @@ def evaluate(rv: ReadingVectors, model, positive, negative) -> dict:
 
 
 @dataclass(frozen=True)
-class TokenScan:
-    """Scores [T, L] of every token of a text at every layer of a reading vector set."""
+class TokenScan(Result):
+    """Scores [T, L] of every token of a text at every layer of a reading vector set; ``.plot(path)``
+    draws its token x layer heatmap."""
+
+    FORMAT = "interpjax.token_scan"
 
     tokens: list
     scores_TL: np.ndarray
     layers: tuple
     label: str = ""
+
+    def plot(self, path) -> Path:
+        return heatmap_png(self, path)
 
 
 def _token_strings(model, ids) -> list[str]:
@@ -160,7 +197,7 @@ def scan(model, text: str, rv: ReadingVectors) -> TokenScan:
     """Score every token of ``text`` at every layer of ``rv`` (the LAT scan)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("scan needs a non-empty text")
-    check_model(rv.meta, model, "reading vectors")
+    rv.check(model)
     tokens, _ = model.to_tokens(text)
     _, cache = model.run_with_cache(tokens, sites=[rv.site], layers=list(rv.layers))
     acts = np.asarray(cache[rv.site], np.float32)[:, 0]  # [L, T, D]
@@ -219,12 +256,7 @@ the colour saturates).</p>
 <table><tr><th>token</th>{head}</tr>{rows}</table>
 </body></html>
 """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, page)
 
 
 def heatmap_png(s: TokenScan, path, title: str = "") -> Path:
@@ -268,10 +300,7 @@ def concept_separation(acts_by_concept: dict) -> np.ndarray:
 def concept_plot(acts_by_concept: dict, path, layers, title: str = "") -> Path:
     """PCA (2-D, per layer) of several concepts' activations [L, N, D], one panel per layer,
     coloured by concept; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the caller's backend (matplotlib picks Agg when headless)
 
     from ..io.plots import save_figure
 

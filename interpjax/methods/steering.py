@@ -6,79 +6,30 @@ A ``SteeringVector`` is a vector ([D], or [P, D] for ActAdd's per-position diffe
 ``generate``; ``a - b`` / ``2 * a`` combine concepts at the same site and layer, ``combine`` adds
 several at different layers at once.
 
-Artifacts are one safetensors file (the arrays) whose header metadata holds the JSON description;
-files are written atomically, and loading one onto a model of another name, width or depth is
-refused with the reason.
+Vectors are ``Result``s: saved as one interpjax artifact (``io.artifacts``: safetensors + JSON
+metadata, atomic), and loading one onto a model with other weights (another fingerprint), width or
+depth is refused with the reason. Files of the older ``interpjax.steering/1`` format still load.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
 from ..core.interventions import Add
 from ..core.sites import LAYER_SITES
+from ..io.artifacts import IDENTITY_KEYS, ArtifactError, check_model, model_identity
+from .result import Result
 
-FORMAT = "interpjax.steering/1"
+FORMAT = "interpjax.steering"
+VERSION = 2  # 1: the pre-artifact layout (``interpjax`` header key, format "interpjax.steering/1")
 METHODS = ("actadd", "mean_diff", "pca", "combination")
 TOKEN_RULES = ("last", "mean")
 # layer sites with one feature axis per position: where a [D]-shaped vector can be read and added
 VECTOR_SITES = tuple(s for s in LAYER_SITES if s not in ("q", "k", "v", "z", "attn_scores", "pattern"))
-
-
-# ---------------------------------------------------------------------------------------------
-# artifacts: arrays + JSON metadata in one safetensors file, written atomically
-
-
-def model_identity(model) -> dict:
-    """What a saved artifact records about the model it was made on (checked on load)."""
-    cfg = model.cfg
-    return {"model": Path(str(model.name)).name or str(model.name), "family": cfg.family, "d_model": cfg.d_model,
-            "n_layers": cfg.n_layers, "vocab_size": cfg.vocab_size}
-
-
-def check_model(meta: dict, model, what: str = "artifact") -> None:
-    """Refuse an artifact made on another model (name, family, width, depth or vocabulary differ)."""
-    have = model_identity(model)
-    diff = [f"{k}: saved {meta.get(k)!r}, model has {have[k]!r}" for k in have if meta.get(k) != have[k]]
-    if diff:
-        raise ValueError(f"{what} was made for another model ({'; '.join(diff)}); rebuild it on this model")
-
-
-def save_artifact(path, arrays: dict, meta: dict) -> Path:
-    """Write ``arrays`` and JSON-serialisable ``meta`` to one safetensors file, atomically."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in arrays.items()}, str(tmp),
-              metadata={"interpjax": json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
-
-
-def load_artifact(path, fmt: str) -> tuple[dict, dict]:
-    """(arrays, meta) of a file written by ``save_artifact`` in format ``fmt``."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no artifact file at {path}")
-    try:
-        with safe_open(str(path), "np") as f:
-            meta = json.loads((f.metadata() or {}).get("interpjax", "{}"))
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types on corrupt files
-        raise ValueError(f"{path}: not a readable interpjax artifact ({e})") from None
-    if meta.get("format") != fmt:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {fmt!r}")
-    return arrays, meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,9 +60,10 @@ def check_contrast(positive, negative) -> tuple[list[str], list[str]]:
     return list(positive), list(negative)
 
 
-def collect(model, texts, site: str, layers, token: str = "last", batch_size: int = 32) -> np.ndarray:
-    """Activations [L, N, D] of ``texts`` at ``site`` for ``layers``: the last real token's, or the
-    mean over real tokens (``token='mean'``). Batches are left-padded, positions skip the padding."""
+def activations_at(model, texts, site: str, layers, token: str = "last", batch_size: int = 32) -> np.ndarray:
+    """Activations [L, N, D] of ``texts`` at ``site`` for ``layers``, in memory (``io.activations.collect``
+    writes datasets to disk): the last real token's, or the mean over real tokens (``token='mean'``).
+    Batches are left-padded, positions skip the padding."""
     if token not in TOKEN_RULES:
         raise ValueError(f"token={token!r}; valid: {TOKEN_RULES}")
     layers = [int(l) for l in np.atleast_1d(layers)]
@@ -186,15 +138,92 @@ def _paired(pos_ND, neg_ND):
 # the artifact
 
 
+def identity_of(meta: dict) -> dict | None:
+    """The model identity recorded in a vector's ``meta`` (None if it records none)."""
+    ident = {k: meta[k] for k in IDENTITY_KEYS if k in meta}
+    return ident or None
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Whether two vectors' metas name the same model: by fingerprint where both record one."""
+    keys = ("fingerprint", "d_model", "n_layers") if "fingerprint" in a and "fingerprint" in b else \
+        ("model", "d_model", "n_layers")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def legacy_v1(header_meta: dict, old_format: str, fields: tuple, renames: dict | None = None):
+    """Read the header of a file written before the artifact format (JSON under the ``interpjax``
+    header key, ``fields`` flat beside the rest of meta) as (meta, identity, 1, renames) in today's
+    layout; None if it is not such a file; another old format is refused."""
+    raw = header_meta.get("interpjax")
+    if raw is None:
+        return None
+    try:
+        old = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"corrupt 'interpjax' metadata of an older file ({e})") from None
+    if not isinstance(old, dict) or old.get("format") != old_format:
+        raise ArtifactError(f"format {old.get('format') if isinstance(old, dict) else old!r}, expected {old_format!r} "
+                            f"(an older interpjax file)")
+    old.pop("format")
+    meta = {k: old.pop(k) for k in fields if k in old}
+    ident = identity_of(old)
+    meta["meta"] = {k: v for k, v in old.items() if k not in IDENTITY_KEYS}
+    return meta, ident, 1, dict(renames or {})
+
+
 @dataclass(frozen=True)
-class SteeringVector:
+class SteeringVector(Result):
     """A steering vector at ``(site, layer)``: ``vector`` is [D], or [P, D] per position (ActAdd)."""
+
+    FORMAT = FORMAT
+    VERSION = VERSION
 
     vector: np.ndarray
     site: str
     layer: int
     method: str
     meta: dict = field(default_factory=dict)  # model identity, prompts, method details
+
+    # -- the artifact: the vector as a tensor; site, layer, method and meta (less the model identity) as JSON
+
+    def artifact_identity(self) -> dict | None:
+        return identity_of(self.meta)
+
+    def with_identity(self, identity: dict) -> "SteeringVector":
+        return replace(self, meta={**self.meta, **identity})
+
+    def artifact_meta(self) -> dict:
+        return {"site": self.site, "layer": int(self.layer), "method": self.method,
+                "meta": {k: v for k, v in self.meta.items() if k not in IDENTITY_KEYS}}
+
+    @classmethod
+    def from_artifact(cls, art) -> "SteeringVector":
+        if "vector" not in art.arrays:
+            raise ArtifactError(f"missing tensor 'vector' (the file holds {sorted(art.arrays)})")
+        m = art.meta
+        for k in ("site", "layer", "method"):
+            if m.get(k) is None:
+                raise ArtifactError(f"missing metadata field {k!r}")
+        meta = {**(art.model or {}), **{k: v for k, v in m.get("meta", {}).items() if k not in IDENTITY_KEYS}}
+        vec = np.array(art.arrays["vector"], np.float32)
+        if vec.ndim not in (1, 2) or (meta.get("d_model") is not None and vec.shape[-1] != meta["d_model"]):
+            raise ArtifactError(f"tensor 'vector' has shape {vec.shape}; the model it records has "
+                                f"d_model={meta.get('d_model')} (expected [D] or [P, D])")
+        return cls(vec, m["site"], int(m["layer"]), m["method"], meta)
+
+    @classmethod
+    def legacy_artifact(cls, header_meta: dict):
+        return legacy_v1(header_meta, "interpjax.steering/1", ("site", "layer", "method"))
+
+    def check(self, model, what: str = "steering vector") -> None:
+        """Refuse this vector for ``model``: another model (fingerprint, widths), or a site, layer or
+        width that does not fit it."""
+        check_model(self.artifact_identity(), model, what)
+        check_site_layer(model, self.site, self.layer)
+        if np.shape(self.vector)[-1] != model.cfg.d_model:
+            raise ValueError(f"{what} has width {np.shape(self.vector)[-1]}; the model's d_model is "
+                             f"{model.cfg.d_model}")
 
     @property
     def per_position(self) -> bool:
@@ -244,8 +273,7 @@ class SteeringVector:
         if (self.site, self.layer) != (other.site, other.layer):
             raise ValueError(f"cannot add vectors at {self.site}[{self.layer}] and {other.site}[{other.layer}]; "
                              f"use steering.combine([...]) to steer at several sites/layers at once")
-        if {k: self.meta.get(k) for k in ("model", "d_model", "n_layers")} != \
-                {k: other.meta.get(k) for k in ("model", "d_model", "n_layers")}:
+        if not same_model(self.meta, other.meta):
             raise ValueError("cannot combine vectors made on different models")
         a, b = np.asarray(self.vector), np.asarray(other.vector)
         if a.ndim != b.ndim:
@@ -277,21 +305,7 @@ class SteeringVector:
         return {"site": self.site, "layer": self.layer, "method": self.method, "shape": list(np.shape(self.vector)),
                 **{k: v for k, v in self.meta.items() if k != "parts"}}
 
-    def save(self, path) -> Path:
-        """Write the vector and its metadata to one safetensors file, atomically."""
-        meta = {"format": FORMAT, "site": self.site, "layer": int(self.layer), "method": self.method, **self.meta}
-        return save_artifact(path, {"vector": self.vector}, meta)
-
-    @classmethod
-    def load(cls, path, model=None) -> "SteeringVector":
-        """Read a saved vector; with ``model``, refuse it unless it was made on that model."""
-        arrays, meta = load_artifact(path, FORMAT)
-        if model is not None:
-            check_model(meta, model, f"steering vector {Path(path).name}")
-            check_site_layer(model, meta["site"], meta["layer"])
-        site, layer, method = meta.pop("site"), meta.pop("layer"), meta.pop("method")
-        meta.pop("format")
-        return cls(np.array(arrays["vector"]), site, int(layer), method, meta)
+    # save(path) and load(path, model=None) come from Result
 
 
 def combine(terms, seq_len: int | None = None, start=0) -> tuple:
@@ -300,8 +314,9 @@ def combine(terms, seq_len: int | None = None, start=0) -> tuple:
     terms = list(terms)
     if not terms:
         raise ValueError("combine needs at least one (coeff, vector) term")
-    models = {v.meta.get("model") for _, v in terms}
-    if len(models) > 1:
+    first = terms[0][1].meta
+    if not all(same_model(first, v.meta) for _, v in terms):
+        models = {(v.meta.get("model"), v.meta.get("fingerprint")) for _, v in terms}
         raise ValueError(f"cannot combine vectors made on different models: {sorted(map(str, models))}")
     return tuple(v.intervention(c, seq_len=seq_len, start=start) for c, v in terms)
 
@@ -310,14 +325,15 @@ def combine(terms, seq_len: int | None = None, start=0) -> tuple:
 # builders
 
 
-def _content_ids(model, text: str) -> list[int]:
+def content_ids(model, text: str) -> list[int]:
+    """Token ids of ``text`` without the tokenizer's special tokens."""
     return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def pad_token(model) -> int:
     """ActAdd's padding token: a lone space if the tokenizer has one, else pad, else eos, else 0."""
     tok = model.tokenizer
-    space = _content_ids(model, " ")
+    space = content_ids(model, " ")
     if len(space) == 1:
         return int(space[0])
     for t in (tok.pad_token_id, tok.eos_token_id):
@@ -334,7 +350,7 @@ def actadd(model, positive: str, negative: str, layer: int, site: str = "resid_p
         raise ValueError(f"model {model.name!r} has no tokenizer; ActAdd needs text prompts")
     check_site_layer(model, site, layer)
     for name, text in (("positive", positive), ("negative", negative)):
-        if not isinstance(text, str) or not _content_ids(model, text):
+        if not isinstance(text, str) or not content_ids(model, text):
             raise ValueError(f"the {name} prompt {text!r} tokenizes to nothing; use e.g. ' ' for a neutral side")
     ids = [list(np.asarray(model.to_tokens(t)[0][0])) for t in (positive, negative)]
     if ids[0] == ids[1]:
@@ -358,8 +374,8 @@ def from_contrast(model, positive, negative, layer: int, site: str = "resid_pre"
         raise ValueError(f"method={method!r}; valid: ('mean_diff', 'pca')")
     positive, negative = check_contrast(positive, negative)
     check_site_layer(model, site, layer)
-    pos = collect(model, positive, site, [layer], token)[0]
-    neg = collect(model, negative, site, [layer], token)[0]
+    pos = activations_at(model, positive, site, [layer], token)[0]
+    neg = activations_at(model, negative, site, [layer], token)[0]
     info = {}
     if method == "mean_diff":
         vec = mean_diff_direction(pos, neg)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from interpjax import Scale, forward
-from interpjax.methods.attribution import answer_probs, integrated_gradients, knowledge_neurons, neuron_effect, neuron_factors, path_points, random_neurons, scale_neurons
+from interpjax.methods.attribution import (IGResult, answer_probs, integrated_gradients, knowledge_neurons,
+                                           matched_random_neurons, neuron_effect, neuron_factors, path_points,
+                                           scale_neurons)
 
 from conftest import REPO, needs_stories
 
@@ -31,16 +33,16 @@ def test_ig_completeness_all_layers(llama):
     """sum_j IG_j = f(a) - f(0) per prompt and layer within 1% (trapezoid, 64 steps); the end points
     are the clean run and the run with that layer's neurons zeroed at the last position."""
     model, answers = llama
-    res = integrated_gradients(model.cfg, model.params, TOKENS, answers, steps=64, rule="trapezoid", batch_size=13)
+    res = integrated_gradients(model, TOKENS, answers, steps=64, rule="trapezoid", batch_size=13)
     assert res.attributions.shape == (2, model.cfg.n_layers, model.cfg.d_mlp)
     gap = res.completeness_gap()
     assert gap.max() < 0.01, gap
-    full = answer_probs(model.cfg, model.params, TOKENS, answers)
+    full = answer_probs(model, TOKENS, answers)
     np.testing.assert_allclose(res.full, full, rtol=1e-5)
     for li, layer in enumerate(res.layers):
         zero = Scale("mlp_post", layer=layer, factor=0.0, positions=jnp.array([-1]))
-        np.testing.assert_allclose(res.baseline[:, li], answer_probs(model.cfg, model.params, TOKENS, answers,
-                                                                     interventions=zero), rtol=1e-5)
+        np.testing.assert_allclose(res.baseline[:, li], answer_probs(model, TOKENS, answers, interventions=zero),
+                                   rtol=1e-5)
     assert np.abs(res.attributions).max() > 0
 
 
@@ -51,7 +53,7 @@ def test_ig_single_layer_riemann_matches_manual_sum(llama):
     import jax
 
     model, answers = llama
-    res = integrated_gradients(model.cfg, model.params, TOKENS[:1], answers[:1], layers=[1], steps=8)
+    res = integrated_gradients(model, TOKENS[:1], answers[:1], layers=[1], steps=8)
     F = model.cfg.d_mlp
 
     def f(s):
@@ -72,17 +74,45 @@ def test_path_points_and_errors(llama):
     model, answers = llama
     for steps in (0, -3, 2.5):
         with pytest.raises(ValueError, match="steps"):
-            integrated_gradients(model.cfg, model.params, TOKENS, answers, steps=steps)
+            integrated_gradients(model, TOKENS, answers, steps=steps)
     with pytest.raises(ValueError, match="rule"):
         path_points(4, "simpson")
     with pytest.raises(ValueError, match="valid"):
-        integrated_gradients(model.cfg, model.params, TOKENS, answers, site="pattern")
+        integrated_gradients(model, TOKENS, answers, site="pattern")
     with pytest.raises(ValueError, match="layers"):
-        integrated_gradients(model.cfg, model.params, TOKENS, answers, layers=[7])
+        integrated_gradients(model, TOKENS, answers, layers=[7])
     with pytest.raises(ValueError, match="one token id per prompt"):
-        integrated_gradients(model.cfg, model.params, TOKENS, answers[:1])
+        integrated_gradients(model, TOKENS, answers[:1])
     with pytest.raises(ValueError, match="metric"):
-        integrated_gradients(model.cfg, model.params, TOKENS, answers, metric="rank")
+        integrated_gradients(model, TOKENS, answers, metric="rank")
+    with pytest.raises(ValueError, match="positions"):
+        integrated_gradients(model, TOKENS, answers, positions=6)
+    with pytest.raises(ValueError, match="positions has shape"):
+        integrated_gradients(model, TOKENS, answers, positions=[1, 2, 3])
+    with pytest.raises(TypeError, match="takes a Model first"):
+        integrated_gradients(model.cfg, TOKENS, answers)
+
+
+@pytest.mark.slow
+def test_ig_per_prompt_positions_equal_single_prompt_runs(llama, tmp_path):
+    """``positions`` [B] attributes each prompt's own position: equal to running each prompt alone
+    at its position; the result saves, loads (refused for other weights) and plots."""
+    import jax
+
+    model, answers = llama
+    both = integrated_gradients(model, TOKENS, answers, layers=[0, 2], positions=[2, -1], steps=4)
+    assert both.positions.tolist() == [2, -1] and both.layers == (0, 2)
+    for b, pos in enumerate((2, -1)):
+        one = integrated_gradients(model, TOKENS[b:b + 1], answers[b:b + 1], layers=[0, 2], positions=pos, steps=4)
+        np.testing.assert_allclose(both.attributions[b], one.attributions[0], rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(both.full[b], one.full[0], rtol=1e-6)
+    back = IGResult.load(both.save(tmp_path / "ig.safetensors"), model=model)
+    np.testing.assert_array_equal(back.attributions, both.attributions)
+    assert (back.layers, back.site, back.steps, back.rule, back.metric) == ((0, 2), "mlp_post", 4, "riemann", "prob")
+    np.testing.assert_array_equal(back.completeness_gap(), both.completeness_gap())
+    with pytest.raises(ValueError, match="another model"):
+        IGResult.load(tmp_path / "ig.safetensors", model=model.replace(params=jax.tree.map(lambda a: -a, model.params)))
+    assert both.plot(tmp_path / "ig.png").stat().st_size > 0
 
 
 def test_knowledge_neuron_filter():
@@ -106,32 +136,37 @@ def test_scale_neurons_matches_per_layer_scale(llama):
     """The one-intervention neuron scaling equals composing a Scale per layer; x1 is a no-op."""
     model, answers = llama
     neurons = np.array([[0, 3], [0, 10], [2, 7]])
-    iv = scale_neurons(model.cfg, neurons, 2.0)
+    iv = scale_neurons(model, neurons, 2.0)
     manual = [Scale("mlp_post", layer=0, factor=2.0, neurons=jnp.array([3, 10]), positions=jnp.array([-1])),
               Scale("mlp_post", layer=2, factor=2.0, neurons=jnp.array([7]), positions=jnp.array([-1]))]
     np.testing.assert_allclose(np.asarray(model(TOKENS, interventions=iv)), np.asarray(model(TOKENS, interventions=manual)),
                                atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(model(TOKENS, interventions=scale_neurons(model.cfg, neurons, 1.0))),
+    np.testing.assert_array_equal(np.asarray(model(TOKENS, interventions=scale_neurons(model, neurons, 1.0))),
                                   np.asarray(model(TOKENS)))
-    every = scale_neurons(model.cfg, neurons, 0.0, position=None)
+    every = scale_neurons(model, neurons, 0.0, positions=None)
     manual0 = [Scale("mlp_post", layer=0, factor=0.0, neurons=jnp.array([3, 10])),
                Scale("mlp_post", layer=2, factor=0.0, neurons=jnp.array([7]))]
     np.testing.assert_allclose(np.asarray(model(TOKENS, interventions=every)),
                                np.asarray(model(TOKENS, interventions=manual0)), atol=1e-6)
-    eff = neuron_effect(model.cfg, model.params, TOKENS, answers, neurons, 0.0)
+    eff = neuron_effect(model, TOKENS, answers, neurons, 0.0)
     assert eff.shape == (2,) and np.all(eff >= -1)
     with pytest.raises(ValueError, match="neurons must be"):
-        neuron_factors(model.cfg, [[0, model.cfg.d_mlp]], 0.0)
+        neuron_factors(model, [[0, model.cfg.d_mlp]], 0.0)
+    with pytest.raises(ValueError, match="one int position or None"):
+        scale_neurons(model, neurons, 0.0, positions=[1, 2])
 
 
-def test_random_neurons_matched_per_layer():
+def test_random_neurons_matched_per_layer(llama):
+    model, _ = llama
+    F = model.cfg.d_mlp
     rng = np.random.default_rng(0)
-    kn = np.array([[0, 1], [0, 2], [3, 5]])
-    r = random_neurons(rng, kn, 8)
-    assert sorted(r[:, 0].tolist()) == [0, 0, 3]
+    kn = np.array([[0, 1], [0, 2], [2, 5]])
+    r = matched_random_neurons(model, kn, rng)
+    assert sorted(r[:, 0].tolist()) == [0, 0, 2] and r[:, 1].max() < F
     assert not {tuple(x) for x in r.tolist()} & {tuple(x) for x in kn.tolist()}
     with pytest.raises(ValueError, match="cannot draw"):
-        random_neurons(rng, np.array([[0, i] for i in range(5)]), 8)
+        matched_random_neurons(model, np.array([[0, i] for i in range(F // 2 + 1)]), rng,
+                               exclude=np.array([[0, i] for i in range(F // 2, F)]))
 
 
 @needs_stories

@@ -4,6 +4,7 @@ vectors (Merullo et al.): each vmapped API equals the loop of single edited runs
 import importlib.util
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from interpjax import AttentionKnockout, Ablate, Add, Patch
 from interpjax.core import model as M
 from interpjax.methods import skill_neurons as sn
 from interpjax.methods import task_vectors as tv
-from interpjax.methods.knockout import attention_knockout, attribute_rate, key_positions, sublayer_knockout
+from interpjax.methods.knockout import (AttributeRateResult, KnockoutResult, attention_knockout, attribute_rate,
+                                        key_positions, sublayer_knockout)
 from interpjax.worlds import facts, icl
 
 from conftest import REPO, needs_stories
@@ -41,14 +43,16 @@ def test_attention_knockout_sweep_equals_loop_of_single_runs(llama):
     subj[:, 2:4] = True
     subj[1, 1] = True  # rows may differ
     for kind in ("subject", "non_subject", "last"):
-        r = attention_knockout(cfg, llama.params, tokens, subj, kind=kind, window=2)
+        r = attention_knockout(llama, tokens, subj, kind=kind, window=2)
+        assert isinstance(r, KnockoutResult) and (r.edit, r.kind, r.window) == ("attention", kind, 2)
         keys = key_positions(kind, subj, np.ones_like(tokens))
-        for s in r["starts"]:
+        for s in r.starts:
             layers = np.clip(s + np.arange(2), 0, cfg.n_layers - 1)
             iv = AttentionKnockout(layer=layers, query_positions=np.array([-1]), key_positions=keys)
-            np.testing.assert_allclose(r["prob_knocked"][s], _probs(llama, tokens, iv, r["target"]), rtol=1e-4,
+            np.testing.assert_allclose(r.prob_knocked[s], _probs(llama, tokens, iv, r.answers), rtol=1e-4,
                                        atol=1e-7)
-        np.testing.assert_allclose(r["prob"], _probs(llama, tokens, None, r["target"]), rtol=1e-5)
+        np.testing.assert_allclose(r.prob, _probs(llama, tokens, None, r.answers), rtol=1e-5)
+        np.testing.assert_allclose(r.relative_change, ((r.prob_knocked - r.prob) / r.prob).mean(-1), rtol=1e-12)
 
 
 def test_knocking_out_edges_to_all_other_positions_leaves_only_self_attention(llama):
@@ -59,21 +63,22 @@ def test_knocking_out_edges_to_all_other_positions_leaves_only_self_attention(ll
     others = np.ones(tokens.shape, bool)
     others[:, -1] = False
     target = np.array([5, 7])
-    r = attention_knockout(cfg, llama.params, tokens, others, kind="subject", window=cfg.n_layers, target=target)
+    r = attention_knockout(llama, tokens, others, kind="subject", window=cfg.n_layers, answers=target)
     alone = interpjax.forward(cfg, llama.params, tokens[:, -1:], position_ids=np.full((2, 1), tokens.shape[1] - 1))
     p = np.asarray(jnp.exp(alone[:, -1] - jnp.max(alone[:, -1], -1, keepdims=True)))
     p = p / p.sum(-1, keepdims=True)
-    np.testing.assert_allclose(r["prob_knocked"][0], p[np.arange(2), target], rtol=1e-4)
+    np.testing.assert_allclose(r.prob_knocked[0], p[np.arange(2), target], rtol=1e-4)
 
 
 def test_sublayer_knockout_equals_loop(llama):
     cfg = llama.cfg
     tokens = _toks(cfg)
     pos = np.array([[2], [3], [4]])
-    r = sublayer_knockout(cfg, llama.params, tokens, pos, sublayer="mlp", window=1)
-    for s in r["starts"]:
+    r = sublayer_knockout(llama, tokens, pos, sublayer="mlp", window=1)
+    assert (r.edit, r.kind) == ("sublayer", "mlp")
+    for s in r.starts:
         iv = Ablate(site="mlp_out", layer=np.array([s]), kind="zero", positions=pos)
-        np.testing.assert_allclose(r["prob_knocked"][s], _probs(llama, tokens, iv, r["target"]), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(r.prob_knocked[s], _probs(llama, tokens, iv, r.answers), rtol=1e-4, atol=1e-7)
 
 
 def test_attribute_rate_equals_manual_logit_lens(llama):
@@ -89,36 +94,38 @@ def test_attribute_rate_equals_manual_logit_lens(llama):
         attrs = set(top[0, :3].tolist()) | {0}
         want_sets.append(attrs)
         manual += [len(set(t.tolist()) & attrs) / 5 for t in top]
-    got = attribute_rate(cfg, llama.params, tokens, pos, want_sets, k=5)
-    np.testing.assert_allclose(got, manual / 3, atol=1e-9)
-    assert got[0] >= 0.6 - 1e-9  # layer 0's own top-3 are in its set
+    got = attribute_rate(llama, tokens, pos, want_sets, k=5)
+    assert isinstance(got, AttributeRateResult) and got.k == 5 and got.positions.tolist() == [1, 2, 6]
+    np.testing.assert_allclose(got.rate, manual / 3, atol=1e-9)
+    assert got.rate[0] >= 0.6 - 1e-9  # layer 0's own top-3 are in its set
 
 
 def test_task_vector_patch_and_function_vector_add_equal_manual_edits(llama):
     cfg = llama.cfg
     src = _toks(cfg, B=4, T=9, seed=1)
     zs = _toks(cfg, B=3, T=4, seed=2)
-    vecs = tv.task_vectors(cfg, llama.params, src)
+    vecs = tv.task_vectors(llama, src)
     np.testing.assert_allclose(vecs[1], np.asarray(llama.run_with_cache(src, sites=["resid_pre"])[1]["resid_pre"][1, :, -1]).mean(0),
                                rtol=1e-6)
-    fvs = tv.function_vectors(cfg, llama.params, src)
+    fvs = tv.function_vectors(llama, src)
     for layer in range(cfg.n_layers):
         top = np.asarray(llama(zs, interventions=Patch("resid_pre", layer=layer, value=jnp.asarray(vecs[layer]),
                                                        positions=np.array([-1]))))[:, -1].argmax(-1)
-        acc = tv.patch_accuracy(cfg, llama.params, zs, top, vecs[layer:layer + 1], layers=[layer])
-        assert acc.tolist() == [1.0]
+        acc = tv.patch_accuracy(llama, zs, top, vecs[layer:layer + 1], layers=[layer])
+        assert acc.accuracy.tolist() == [1.0] and acc.layers.tolist() == [layer] and acc.edit == "patch"
         top = np.asarray(llama(zs, interventions=Add("mlp_out", layer=layer, vector=jnp.asarray(fvs[layer]),
                                                      positions=np.array([-1]))))[:, -1].argmax(-1)
-        assert tv.add_accuracy(cfg, llama.params, zs, top, fvs[layer:layer + 1], layers=[layer]).tolist() == [1.0]
+        assert tv.add_accuracy(llama, zs, top, fvs[layer:layer + 1], layers=[layer]).accuracy.tolist() == [1.0]
 
 
 def test_truncation_with_no_layers_dropped_is_the_model(llama):
     cfg = llama.cfg
     tokens = _toks(cfg, B=6)
     top = np.asarray(llama(tokens))[:, -1].argmax(-1)
-    acc = tv.truncated_accuracy(cfg, llama.params, tokens, top)
-    assert acc[0] == 1.0 and acc.shape == (cfg.n_layers,)
-    assert tv.accuracy(cfg, llama.params, tokens, top) == 1.0
+    acc = tv.truncated_accuracy(llama, tokens, top)
+    assert acc.accuracy[0] == 1.0 and acc.accuracy.shape == (cfg.n_layers,)
+    assert acc.layers.tolist() == list(range(cfg.n_layers))[::-1]  # entry k decodes after layer L-1-k
+    assert tv.accuracy(llama, tokens, top) == 1.0
 
 
 def test_bad_inputs_are_refused(llama):
@@ -127,21 +134,88 @@ def test_bad_inputs_are_refused(llama):
     subj = np.zeros(tokens.shape, bool)
     subj[:, 1] = True
     with pytest.raises(ValueError, match="valid kinds"):
-        attention_knockout(cfg, llama.params, tokens, subj, kind="object")
+        attention_knockout(llama, tokens, subj, kind="object")
     with pytest.raises(ValueError, match="window"):
-        attention_knockout(cfg, llama.params, tokens, subj, window=cfg.n_layers + 1)
+        attention_knockout(llama, tokens, subj, window=cfg.n_layers + 1)
     with pytest.raises(ValueError, match="no 'subject' positions"):
-        attention_knockout(cfg, llama.params, tokens, np.zeros(tokens.shape, bool))
+        attention_knockout(llama, tokens, np.zeros(tokens.shape, bool))
+    with pytest.raises(ValueError, match="answers.*vocabulary.*101"):
+        attention_knockout(llama, tokens, subj, answers=[1, 2, cfg.vocab_size])
+    padded = np.ones(tokens.shape, np.int32)
+    padded[1, -1] = 0
+    with pytest.raises(ValueError, match="rows \\[1\\] end in padding"):
+        attention_knockout(llama, tokens, subj, attention_mask=padded)
     with pytest.raises(ValueError, match="valid: \\('attn', 'mlp'\\)"):
-        sublayer_knockout(cfg, llama.params, tokens, [1], sublayer="ffn")
+        sublayer_knockout(llama, tokens, [1], sublayer="ffn")
+    with pytest.raises(ValueError, match="positions \\[7\\] out of range"):
+        sublayer_knockout(llama, tokens, [7])
     with pytest.raises(ValueError, match="one token id per prompt"):
-        tv.accuracy(cfg, llama.params, tokens, [1, 2])
+        tv.accuracy(llama, tokens, [1, 2])
     with pytest.raises(ValueError, match="residual-width"):
-        tv.task_vectors(cfg, llama.params, tokens, site="pattern")
+        tv.task_vectors(llama, tokens, site="pattern")
     with pytest.raises(ValueError, match="vectors must be"):
-        tv.patch_accuracy(cfg, llama.params, tokens, [1, 2, 3], np.zeros((1, cfg.d_model)))
+        tv.patch_accuracy(llama, tokens, [1, 2, 3], np.zeros((1, cfg.d_model)))
+    with pytest.raises(ValueError, match="layers \\[9\\] out of range"):
+        tv.patch_accuracy(llama, tokens, [1, 2, 3], np.zeros((1, cfg.d_model)), layers=[9])
     with pytest.raises(ValueError, match="non-empty attribute"):
-        attribute_rate(cfg, llama.params, tokens, [1, 1, 1], [{1}, set(), {2}])
+        attribute_rate(llama, tokens, [1, 1, 1], [{1}, set(), {2}])
+    with pytest.raises(ValueError, match="positions has shape \\(2,\\); expected \\(3,\\)"):
+        attribute_rate(llama, tokens, [1, 1], [{1}, {2}, {3}])
+    # the handle comes first and attention_mask is keyword-only
+    with pytest.raises(TypeError, match="takes a Model first, got Config"):
+        attention_knockout(cfg, tokens, subj)
+    with pytest.raises(TypeError, match="takes a Model first, got tuple"):
+        tv.task_vectors((cfg, llama.params), tokens)
+    with pytest.raises(TypeError, match="positional"):
+        tv.task_vectors(llama, tokens, np.ones_like(tokens))
+
+
+def _same(a, b):
+    """Field-by-field equality of two results (arrays exactly, dtype included)."""
+    import dataclasses
+
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x):
+            _same(x, y)
+        elif isinstance(x, np.ndarray):
+            assert x.dtype == np.asarray(y).dtype and x.shape == np.shape(y), f.name
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x == y, f.name
+
+
+def test_results_save_load_to_dict_and_plot(llama, tiny_model, tmp_path):
+    """Every result round-trips through .save/.load exactly, is refused for another model's
+    weights, has a JSON .to_dict() and draws a picture."""
+    import json
+
+    cfg = llama.cfg
+    tokens = _toks(cfg)
+    subj = np.zeros(tokens.shape, bool)
+    subj[:, 2:4] = True
+    top = np.asarray(llama(tokens))[:, -1].argmax(-1)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 30)
+    results = [attention_knockout(llama, tokens, subj, window=2),
+               sublayer_knockout(llama, tokens, [2], sublayer="attn"),
+               attribute_rate(llama, tokens, [1, 2, -1], [{1}, {2}, {3}], k=4),
+               tv.patch_accuracy(llama, tokens, top, tv.task_vectors(llama, tokens)),
+               tv.truncated_accuracy(llama, tokens, top),
+               sn.find(rng.normal(size=(2, 30, 8)), labels, k=3)]
+    other = llama.replace(params=jax.tree.map(lambda a: a * 1.5, llama.params))
+    for i, r in enumerate(results):
+        path = r.save(tmp_path / f"r{i}.safetensors")
+        _same(r, type(r).load(path, model=llama if r.model is not None else None) if hasattr(r, "model")
+              else type(r).load(path))
+        json.dumps(r.to_dict())
+        assert r.plot(tmp_path / f"r{i}.png").stat().st_size > 0
+        if getattr(r, "model", None) is not None:
+            with pytest.raises(ValueError, match="another model"):
+                type(r).load(path, model=other)
+    with pytest.raises(ValueError, match="format"):
+        KnockoutResult.load(tmp_path / "r2.safetensors")  # an attribute-rate file is not a knockout
 
 
 def test_fact_and_icl_worlds_layout():
@@ -170,10 +244,11 @@ def test_predictivity_finds_a_planted_skill_neuron():
     acts[1, :, 7] = (labels == 2) * 2.0 + 0.3 * rng.normal(size=400)  # fires for class 2 only
     acts[0, :, 3] = -1.0 * (labels == 0) + 0.15 * rng.normal(size=400)  # silent for class 0
     found = sn.find(acts, labels, k=2)
-    assert {tuple(n) for n in found["neurons"].tolist()} == {(1, 7), (0, 3)} and found["scores"].min() > 0.95
+    assert {tuple(n) for n in found.neurons.tolist()} == {(1, 7), (0, 3)} and found.scores.min() > 0.95
     pred = sn.predictivity(acts, labels)
-    assert pred["above"][1, 2, 7] and not pred["above"][0, 0, 3]
-    assert np.median(pred["score"]) < 0.75  # ordinary neurons: near the majority-vs-rest rate
+    assert pred.above[1, 2, 7] and not pred.above[0, 0, 3]
+    assert np.median(pred.score) < 0.75  # ordinary neurons: near the majority-vs-rest rate
+    np.testing.assert_array_equal(found.predictivity.score, pred.score)
     with pytest.raises(ValueError, match="labels must be"):
         sn.predictivity(acts, labels[:10])
     with pytest.raises(ValueError, match="at least 2 classes"):
@@ -185,20 +260,23 @@ def test_skill_neuron_noise_touches_only_the_chosen_neurons(tiny_model, name):
     model = tiny_model(name)[0]
     cfg = model.cfg
     tokens = _toks(cfg, B=2, T=6)
-    acts = sn.activations_at(cfg, model.params, tokens, np.array([0, -1]))
+    acts = sn.neuron_activations(model, tokens, np.array([0, -1]))
     _, cache = model.run_with_cache(tokens, sites=["mlp_post"])
     np.testing.assert_allclose(acts[:, 1], np.asarray(cache["mlp_post"])[:, 1, -1], rtol=1e-6)
     neurons = np.array([[0, 1], [0, 4], [cfg.n_layers - 1, 2]])
     std = np.ones((cfg.n_layers, cfg.d_mlp))
     key = jnp.zeros(2, jnp.uint32)
-    zero = sn.noise_interventions(cfg, neurons, std, key, 2, 6, scale=0.0)
+    zero = sn.noise_interventions(model, neurons, std, key, 2, 6, scale=0.0)
     np.testing.assert_array_equal(np.asarray(model(tokens, interventions=zero)), np.asarray(model(tokens)))
-    ivs = sn.noise_interventions(cfg, neurons, std, key, 2, 6)
+    ivs = sn.noise_interventions(model, neurons, std, key, 2, 6)
     _, noisy = model.run_with_cache(tokens, sites=["mlp_post"], layers=[0], interventions=ivs)
     diff = np.abs(np.asarray(noisy["mlp_post"])[0] - np.asarray(cache["mlp_post"])[0]).max((0, 1))
     assert set(np.flatnonzero(diff > 0).tolist()) == {1, 4}
-    rand = sn.random_neurons(cfg, "mlp_post", 5, exclude=neurons)
+    rand = sn.random_neurons(model, 5, exclude=neurons)
     assert not {tuple(r) for r in rand.tolist()} & {tuple(n) for n in neurons.tolist()}
+    np.testing.assert_array_equal(rand, sn.random_neurons(model, 5, site="mlp_post", seed=0, exclude=neurons))
+    with pytest.raises(ValueError, match="neurons must be"):
+        sn.noise_interventions(model, [[0, cfg.d_mlp]], std, key, 2, 6)
 
 
 def _experiment(name):

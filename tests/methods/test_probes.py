@@ -3,11 +3,14 @@ ridge CV equal to a plain numpy reference, directions and neuron cosines, save/l
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from interpjax.methods import probes as P
+from interpjax.methods.result import Result
 from interpjax.testing import tiny_config
 
 N, D = 600, 12
@@ -248,10 +251,37 @@ def test_load_refuses_files_that_are_not_probes(tmp_path):
     from interpjax.io.loading import write_safetensors
 
     write_safetensors({"w": np.zeros(3, np.float32)}, tmp_path / "x.safetensors")
-    with pytest.raises(ValueError, match="not an interpjax probe"):
+    with pytest.raises(ValueError, match="x.safetensors: not an interpjax artifact.*expected format 'interpjax.probe'"):
         P.load_probe(tmp_path / "x.safetensors")
     with pytest.raises(FileNotFoundError):
         P.load_probe(tmp_path / "missing.safetensors")
+
+
+def test_old_probe_files_load_and_incomplete_ones_are_refused_by_name(tmp_path, layered, data):
+    """Files written by the pre-artifact ``save_probe`` (JSON under 'interpjax_probe') still load."""
+    from safetensors.numpy import save_file
+
+    XL, _ = layered
+    probe = P.fit_ridge(XL, data["y"])
+    meta = {"format": "interpjax.probe/1", "kind": "ridge", "task": "regression", "n_classes": None,
+            "n_targets": probe.n_targets, "d_in": probe.d_in, "n_layers": probe.n_layers, "squeeze": probe.squeeze,
+            "alphas": list(probe.alphas)}
+    tensors = {"params.w": np.asarray(probe.params["w"]), "params.b": np.asarray(probe.params["b"]),
+               "alpha": np.asarray(probe.alpha), "cv_mse": np.asarray(probe.cv_mse)}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"interpjax_probe": json.dumps(meta)})
+    back = P.load_probe(tmp_path / "old.safetensors")
+    assert (back.kind, back.alphas, back.n_layers) == ("ridge", probe.alphas, probe.n_layers)
+    assert np.array_equal(np.asarray(P.predict(back, XL)), np.asarray(P.predict(probe, XL)))
+    assert np.array_equal(np.asarray(back.alpha), np.asarray(probe.alpha))
+    assert isinstance(back, Result) and P.Probe.load(back.save(tmp_path / "new.safetensors")).kind == "ridge"
+    del tensors["params.b"]
+    save_file(tensors, str(tmp_path / "cut.safetensors"), metadata={"interpjax_probe": json.dumps(meta)})
+    with pytest.raises(ValueError, match=r"cut.safetensors: missing tensor 'params.b' of a ridge probe"):
+        P.load_probe(tmp_path / "cut.safetensors")
+    save_file({"params.w": tensors["params.w"]}, str(tmp_path / "mlp.safetensors"),
+              metadata={"interpjax_probe": json.dumps({**meta, "kind": "svm"})})
+    with pytest.raises(ValueError, match=r"mlp.safetensors: unknown probe kind 'svm'; valid kinds"):
+        P.load_probe(tmp_path / "mlp.safetensors")
 
 
 def test_bad_inputs_raise_before_compute(data):

@@ -96,8 +96,26 @@ def test_reading_artifacts_round_trip_and_refusal(stories_rv, tmp_path, tiny_mod
         rd.ReadingVectors.load(path, model=tiny)
     from interpjax.methods.steering import SteeringVector
 
-    with pytest.raises(ValueError, match="format 'interpjax.reading/1', expected 'interpjax.steering/1'"):
+    with pytest.raises(ValueError, match="format 'interpjax.reading', expected 'interpjax.steering'"):
         SteeringVector.load(path)
+    # a file of the pre-artifact layout (tensors directions / center / scale, flat JSON) still loads
+    from safetensors.numpy import save_file
+
+    old_meta = {k: v for k, v in rv.meta.items() if k != "fingerprint"}
+    save_file({"directions": rv.directions_LD, "center": rv.center_LD, "scale": rv.scale_L}, str(tmp_path / "old.st"),
+              metadata={"interpjax": json.dumps({"format": "interpjax.reading/1", "layers": list(rv.layers),
+                                                 "site": rv.site, "method": rv.method, **old_meta})})
+    with pytest.warns(UserWarning, match="records no weight fingerprint"):
+        old = rd.ReadingVectors.load(tmp_path / "old.st", model=m)
+    assert np.array_equal(old.directions_LD, rv.directions_LD) and np.array_equal(old.scale_L, rv.scale_L)
+    assert old.layers == rv.layers and old.meta == rv.meta and (old.site, old.method) == (rv.site, rv.method)
+    with pytest.raises(ValueError, match=r"old.st: tensor 'directions_LD' has shape \(5, 63\)"):
+        save_file({"directions": rv.directions_LD[:, :63], "center": rv.center_LD, "scale": rv.scale_L},
+                  str(tmp_path / "old.st"), metadata={"interpjax": json.dumps(
+                      {"format": "interpjax.reading/1", "layers": list(rv.layers), "site": rv.site,
+                       "method": rv.method, **old_meta})})
+        rd.ReadingVectors.load(tmp_path / "old.st")
+    assert rd.TokenScan(["a", "b"], np.zeros((2, 5), np.float32), rv.layers).plot(tmp_path / "s.png").stat().st_size
     sv = rv.steering(3)
     assert sv.site == "resid_post" and sv.layer == 3
     assert np.allclose(sv.vector / np.linalg.norm(sv.vector), rv.directions_LD[3] * np.sign(rv.meta["mean_gap"][3]))

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import jax
 import numpy as np
 import pytest
 
 import interpjax
 from interpjax.methods import steering as st
 from interpjax.generate import generate, greedy
+from interpjax.io.artifacts import model_fingerprint
 
 from conftest import REPO, STORIES, needs_stories
 
@@ -98,13 +100,13 @@ def test_contrast_vectors_combination_and_artifacts(stories, tmp_path, tiny_mode
     neg = ["Lily was sad and she cried.", "Tom cried and sat alone all day.", "Sara lost her gift and she cried."]
     md = st.from_contrast(m, pos, neg, layer=3, method="mean_diff")
     pca = st.from_contrast(m, pos, neg, layer=3, method="pca")
-    acts_p = st.collect(m, pos, "resid_pre", [3])[0]
-    acts_n = st.collect(m, neg, "resid_pre", [3])[0]
+    acts_p = st.activations_at(m, pos, "resid_pre", [3])[0]
+    acts_n = st.activations_at(m, neg, "resid_pre", [3])[0]
     assert np.allclose(md.vector, (acts_p - acts_n).mean(0), atol=1e-5)
     unit = pca.vector / np.linalg.norm(pca.vector)
     assert ((acts_p - acts_n) @ unit > 0).mean() >= 0.5  # sign-calibrated
     # bucketed batches (padding to 16 positions, power-of-two rows) equal one text at a time
-    one = np.stack([st.collect(m, [t], "resid_pre", [3], batch_size=1)[0, 0] for t in pos])
+    one = np.stack([st.activations_at(m, [t], "resid_pre", [3], batch_size=1)[0, 0] for t in pos])
     assert np.abs(one - acts_p).max() < 1e-4
 
     combo = md - 0.5 * pca
@@ -125,9 +127,64 @@ def test_contrast_vectors_combination_and_artifacts(stories, tmp_path, tiny_mode
     tiny, _ = tiny_model("llama")
     with pytest.raises(ValueError, match=r"made for another model \(model: saved 'llama2c-stories260k'.*d_model: saved 64"):
         st.SteeringVector.load(path, model=tiny)
-    renamed = replace(m, name="another-model")
-    with pytest.raises(ValueError, match="made for another model"):
-        st.SteeringVector.load(path, model=renamed)
+    # identity is the weights' fingerprint, not the folder name: a copy elsewhere loads, other weights
+    # under the same name are refused naming both fingerprints
+    assert st.SteeringVector.load(path, model=replace(m, name="elsewhere/another-name")).layer == 3
+    other = replace(m, params={**m.params, "final_norm": jax.tree.map(lambda x: x * 1.5, m.params["final_norm"])})
+    fp, fp_other = model_fingerprint(m), model_fingerprint(other)
+    assert back.meta["fingerprint"] == fp != fp_other
+    with pytest.raises(ValueError, match=rf"same name, other weights \(fingerprint: saved '{fp}', model has '{fp_other}'"):
+        st.SteeringVector.load(path, model=other)
+
+
+def old_layout_file(path, arrays: dict, header: dict):
+    """A file as the pre-artifact code wrote it: safetensors, JSON under the 'interpjax' header key."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, str(path),
+              metadata={"interpjax": json.dumps(header)})
+    return path
+
+
+@needs_stories
+def test_old_files_load_and_bad_files_are_refused_by_name(stories, tmp_path):
+    m = stories
+    v = st.actadd(m, " dog", " girl", layer=2)
+    old_meta = {k: v.meta[k] for k in v.meta if k != "fingerprint"}
+    old = old_layout_file(tmp_path / "old.safetensors", {"vector": v.vector},
+                          {"format": "interpjax.steering/1", "site": "resid_pre", "layer": 2, "method": "actadd",
+                           **old_meta})
+    with pytest.warns(UserWarning, match="records no weight fingerprint"):
+        back = st.SteeringVector.load(old, model=m)
+    assert np.array_equal(back.vector, v.vector) and (back.site, back.layer, back.method) == ("resid_pre", 2, "actadd")
+    assert back.meta == {**old_meta, "fingerprint": model_fingerprint(m)}  # verified on the rest, now recorded
+    assert st.SteeringVector.load(old).meta == old_meta
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converting = load with model= + save: no warning after
+        resaved = st.SteeringVector.load(back.save(tmp_path / "new.safetensors"), model=m)
+    assert resaved.meta == back.meta
+    # a 63-element vector for a 64-wide model
+    old_layout_file(tmp_path / "short.safetensors", {"vector": np.ones(63)},
+                    {"format": "interpjax.steering/1", "site": "resid_pre", "layer": 2, "method": "mean_diff",
+                     **old_meta})
+    with pytest.raises(ValueError, match=r"short.safetensors: tensor 'vector' has shape \(63,\); .*d_model=64"):
+        st.SteeringVector.load(tmp_path / "short.safetensors")
+    bare = st.SteeringVector(np.ones(63, np.float32), "resid_pre", 2, "mean_diff").save(tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="has width 63; the model's d_model is 64"):
+        st.SteeringVector.load(bare, model=m)
+    with pytest.raises(ValueError, match="width 63"):
+        st.SteeringVector(np.ones(63, np.float32), "resid_pre", 2, "mean_diff").check(m)
+    # a file without its tensor: ValueError naming the file and the tensor
+    old_layout_file(tmp_path / "empty.safetensors", {"other": np.ones(64)},
+                    {"format": "interpjax.steering/1", "site": "resid_pre", "layer": 2, "method": "actadd"})
+    with pytest.raises(ValueError, match=r"empty.safetensors: missing tensor 'vector'"):
+        st.SteeringVector.load(tmp_path / "empty.safetensors")
+    old_layout_file(tmp_path / "probe.safetensors", {"vector": v.vector}, {"format": "interpjax.reading/1"})
+    with pytest.raises(ValueError, match=r"probe.safetensors: format 'interpjax.reading/1', expected "
+                                         r"'interpjax.steering/1' \(an older interpjax file\)"):
+        st.SteeringVector.load(tmp_path / "probe.safetensors")
 
 
 @needs_stories
