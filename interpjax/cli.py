@@ -12,6 +12,69 @@ import time
 import numpy as np
 
 DEFAULT_MODEL_ENV = "INTERPJAX_MODEL"
+USAGE_ERROR = 2  # exit status of every user error (as argparse uses)
+
+
+class UserError(Exception):
+    """A mistake in what the user passed: reported as one line on stderr, exit status 2."""
+
+
+def _fail(msg: str):
+    raise UserError(msg)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in lo..hi (hi None = unbounded)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            valid = f"{lo} or more" if hi is None else f"{lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"{v} is out of range: valid values are {valid}")
+        return v
+
+    return parse
+
+
+def _existing_file(flag: str, path: str | None) -> None:
+    if path is not None and not os.path.isfile(path):
+        _fail(f"{flag} {path}: no such file" if not os.path.exists(path) else f"{flag} {path}: not a file")
+
+
+def _writable(flag: str, path: str | None) -> None:
+    """Check, before any work, that ``path`` can be written: its folder exists and takes a file."""
+    if path is None:
+        return
+    import tempfile
+
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        _fail(f"{flag} {path}: is a folder, not a file name")
+    if not os.path.isdir(folder):
+        _fail(f"{flag} {path}: folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".interpjax-write-check-"):
+            pass
+    except OSError as e:
+        _fail(f"{flag} {path}: cannot write in {folder} ({e.strerror or e})")
+
+
+def _check_new_tokens(model, prompt_len: int, new_tokens: int) -> None:
+    n_ctx = model.cfg.n_ctx
+    if prompt_len + new_tokens > n_ctx:
+        _fail(f"--new-tokens {new_tokens}: the prompt ({prompt_len} tokens) plus {new_tokens} new tokens exceeds "
+              f"the model context n_ctx={n_ctx}; valid: 1..{max(n_ctx - prompt_len, 0)}")
 
 
 def _model_arg(p: argparse.ArgumentParser):
@@ -24,9 +87,12 @@ def _load(args):
     import interpjax
 
     if not args.model:
-        sys.exit(f"interpjax: pass --model PATH_OR_HUB_ID or set ${DEFAULT_MODEL_ENV}")
+        _fail(f"pass --model PATH_OR_HUB_ID or set ${DEFAULT_MODEL_ENV}")
     t0 = time.perf_counter()
-    model = interpjax.load(args.model, dtype=args.dtype)
+    try:
+        model = interpjax.load(args.model, dtype=args.dtype)
+    except (OSError, ValueError, TypeError) as e:
+        _fail(f"cannot load model {args.model!r}: {e}")
     n = sum(int(np.prod(a.shape)) for a in __import__("jax").tree.leaves(model.params))
     print(f"loaded {args.model}: {model.cfg.family}, {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
           f"{n:,} params, {args.dtype} ({time.perf_counter() - t0:.1f}s)")
@@ -35,6 +101,8 @@ def _load(args):
 
 def cmd_sites(args):
     model = _load(args)
+    if args.seq > model.cfg.n_ctx:
+        _fail(f"--seq {args.seq} exceeds the model context n_ctx={model.cfg.n_ctx}; valid: 1..{model.cfg.n_ctx}")
     for row in model.sites(batch=1, seq=args.seq):
         layers = f"x{row['layers']} layers" if row["layers"] else "global"
         print(f"  {row['site']:11s} {str(row['shape']):22s} {layers:12s} {row['doc']}")
@@ -54,9 +122,10 @@ def cmd_demo(args):
     cfg = model.cfg
     layer = args.layer if args.layer is not None else (3 * cfg.n_layers) // 5
     if not 0 <= layer < cfg.n_layers:
-        sys.exit(f"interpjax: --layer {layer} out of range 0..{cfg.n_layers - 1}")
+        _fail(f"--layer {layer} out of range: valid layers are 0..{cfg.n_layers - 1}")
 
     tokens, _ = model.to_tokens(args.prompt)
+    _check_new_tokens(model, tokens.shape[1], args.new_tokens)
     plain = greedy(cfg, model.params, tokens, args.new_tokens)
     print(f"\n[plain]   {model.to_string(plain[0])}")
 
@@ -116,10 +185,6 @@ def _side_by_side(left: str, right: str, titles=("unsteered", "steered"), width:
     return "\n".join(lines + [f"{x:<{width}} | {y}" for x, y in zip(a, b)])
 
 
-def _fail(msg: str):
-    sys.exit(f"interpjax: {msg}")
-
-
 def cmd_steer(args):
     """Build a steering vector (ActAdd from one prompt pair, or CAA/RepE from several) and print the
     unsteered and steered continuations of --prompt side by side."""
@@ -128,6 +193,8 @@ def cmd_steer(args):
 
     if args.vector is None and (not args.positive or not args.negative):
         _fail("pass --positive and --negative (or --vector FILE)")
+    _existing_file("--vector", args.vector)
+    _writable("--save", args.save)
     model = _load(args)
     try:
         if args.vector:
@@ -139,13 +206,14 @@ def cmd_steer(args):
         else:
             vec = st.from_contrast(model, args.positive, args.negative, args.layer, site=args.site, method=args.method)
         tokens, mask = model.to_tokens([args.prompt])
+        _check_new_tokens(model, tokens.shape[1], args.new_tokens)
         total = tokens.shape[1] + args.new_tokens
         dtype = model.params["embed"]["tok"].dtype
         iv = vec.intervention(args.coeff, seq_len=total if vec.per_position else None, dtype=dtype)
         kw = dict(attention_mask=mask, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
         plain = generate(model.cfg, model.params, tokens, args.new_tokens, **kw)
         steered = generate(model.cfg, model.params, tokens, args.new_tokens, iv, **kw)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         _fail(str(e))
     if args.save:
         vec.save(args.save)
@@ -158,8 +226,13 @@ def cmd_steer(args):
 
 
 def _read_pairs(path: str):
+    _existing_file("--pairs", path)
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"--pairs {path}: cannot read it as UTF-8 text ({e})")
     pos, neg = [], []
-    for i, line in enumerate(open(path, encoding="utf-8").read().splitlines()):
+    for i, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -180,19 +253,27 @@ def cmd_read(args):
         pos, neg = pos + p, neg + n
     if args.vector is None and not (pos or neg):
         _fail("pass contrast pairs (--positive/--negative, or --pairs FILE) or --vector FILE")
+    _existing_file("--vector", args.vector)
+    layers = None
+    if args.layers is not None:
+        try:
+            layers = [int(x) for x in args.layers.split(",")]
+        except ValueError:
+            _fail(f"--layers {args.layers!r}: expected comma-separated layer numbers, e.g. 2,3,4")
+    for flag, path in (("--out", args.out), ("--png", args.png), ("--save", args.save)):
+        _writable(flag, path)
     model = _load(args)
     try:
         if args.vector:
             rv = rd.ReadingVectors.load(args.vector, model=model)
         else:
             rv = rd.reading_vectors(model, pos, neg, site=args.site, method=args.method, label=args.label)
-        layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
         s = rd.scan(model, args.text, rv)
         if layers is not None:
             bad = [l for l in layers if l not in s.layers]
             if bad:
                 _fail(f"--layers {bad} not in the scanned layers {list(s.layers)}")
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         _fail(str(e))
     out = rd.render_html(s, args.out, layers=layers)
     print(f"wrote {out} ({len(s.tokens)} tokens x {len(s.layers)} layers)")
@@ -206,7 +287,18 @@ def cmd_read(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="interpjax", description=__doc__)
+    """Run the command line; a user error is one line on stderr and exit status 2 (no traceback)."""
+    try:
+        args = _parser().parse_args(argv)
+        args.fn(args)
+    except UserError as e:
+        msg = str(e)
+        print(msg if msg.startswith("interpjax") else f"interpjax: {msg}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="interpjax", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     demo = sub.add_parser("demo", help="load a model, steer a generation and run a patching sweep")
     _model_arg(demo)
@@ -216,11 +308,11 @@ def main(argv=None):
     demo.add_argument("--negative", default=" girl")
     demo.add_argument("--layer", type=int, default=None, help="steering layer (default: 3/5 of the depth)")
     demo.add_argument("--coeff", type=float, default=0.5)
-    demo.add_argument("--new-tokens", type=int, default=30)
+    demo.add_argument("--new-tokens", type=_int_in(1), default=30)
     demo.set_defaults(fn=cmd_demo)
     sites = sub.add_parser("sites", help="list the site vocabulary with shapes for a model")
     _model_arg(sites)
-    sites.add_argument("--seq", type=int, default=16)
+    sites.add_argument("--seq", type=_int_in(1), default=16)
     sites.set_defaults(fn=cmd_sites)
 
     steer = sub.add_parser("steer", help="steer a generation: unsteered vs steered continuations side by side")
@@ -233,7 +325,7 @@ def main(argv=None):
     steer.add_argument("--layer", type=int, default=0)
     steer.add_argument("--coeff", type=float, default=4.0)
     steer.add_argument("--prompt", required=True)
-    steer.add_argument("--new-tokens", type=int, default=40)
+    steer.add_argument("--new-tokens", type=_int_in(1), default=40)
     steer.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     steer.add_argument("--top-k", type=int, default=0)
     steer.add_argument("--top-p", type=float, default=1.0)
@@ -256,8 +348,7 @@ def main(argv=None):
     read.add_argument("--png", help="also write the token x layer heatmap PNG here")
     read.add_argument("--save", help="also save the reading vectors to this .safetensors file")
     read.set_defaults(fn=cmd_read)
-    args = parser.parse_args(argv)
-    args.fn(args)
+    return parser
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""The README's main job: `interpjax demo` on the real checkpoint runs end to end and steers."""
+"""The README's main job: `interpjax demo` on the real checkpoint runs end to end and steers; every
+user error is one line on stderr with exit status 2 and no traceback, found before any work."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from conftest import STORIES, needs_stories
 
@@ -67,3 +71,88 @@ def test_read_writes_html_and_refuses_bad_input(tmp_path):
                               "--out", str(bad)] + extra, capture_output=True, text=True, timeout=300)
         assert out.returncode != 0 and re.search(msg, out.stderr), out.stderr
     assert not bad.exists()  # nothing written half-way
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "interpjax.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _assert_user_error(out, pattern):
+    """Exit status 2, no traceback, and one 'interpjax...' line on stderr matching ``pattern``."""
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [l for l in out.stderr.splitlines() if l.startswith("interpjax")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), out.stderr[-2000:]
+    assert "loaded " not in out.stdout  # refused before the model was loaded (or while loading it)
+
+
+def _main(capsys, *args):
+    """Run ``main`` in-process; (exit status, stdout, stderr) as a CompletedProcess."""
+    from interpjax.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, e.value.code, out.out, out.err)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["demo", "--model", "x", "--new-tokens", "0"], r"argument --new-tokens: 0 is out of range: valid values are 1 or more"),
+    (["demo", "--model", "x", "--new-tokens", "many"], r"argument --new-tokens: expected an integer, got 'many'"),
+    (["sites", "--model", "x", "--seq", "-3"], r"argument --seq: -3 is out of range: valid values are 1 or more"),
+    (["steer", "--model", "x", "--vector", "{tmp}/nope.safetensors", "--prompt", "hi"], r"--vector .*nope.safetensors: no such file"),
+    (["read", "--model", "x", "--pairs", "{tmp}/nope.tsv", "--text", "hi"], r"--pairs .*nope.tsv: no such file"),
+    (["steer", "--model", "x", "--positive", "a", "--negative", "b", "--prompt", "hi", "--save", "{tmp}/no/v.safetensors"],
+     r"--save .*no/v.safetensors: folder .*no does not exist"),
+    (["read", "--model", "x", "--positive", "a", "--negative", "b", "--text", "hi", "--out", "{tmp}"], r"--out .*: is a folder"),
+    (["read", "--model", "x", "--positive", "a", "--negative", "b", "--text", "hi", "--png", "{tmp}/no/s.png"],
+     r"--png .*no/s.png: folder .*no does not exist"),
+    (["read", "--model", "x", "--positive", "a", "--negative", "b", "--text", "hi", "--layers", "1,x"],
+     r"--layers '1,x': expected comma-separated layer numbers"),
+    (["sites", "--model", ""], r"pass --model PATH_OR_HUB_ID"),
+    (["demo", "--model", "{tmp}/missing"], r"cannot load model .*missing.*: no checkpoint folder at"),
+    (["sites", "--model", "{tmp}/missing"], r"cannot load model .*missing.*: no checkpoint folder at"),
+    (["nosuchcommand"], r"interpjax: argument cmd: invalid choice: 'nosuchcommand'"),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, args, pattern):
+    """In-process (fast): any exception but SystemExit(2) escaping ``main`` would be a traceback."""
+    _assert_user_error(_main(capsys, *[a.format(tmp=tmp_path) for a in args]), pattern)
+
+
+def test_user_errors_in_a_subprocess(tmp_path):
+    """The same as a user sees it: the real entry point, stderr and exit status."""
+    _assert_user_error(_cli("demo", "--model", "x", "--new-tokens", "0"), r"--new-tokens: 0 is out of range")
+    _assert_user_error(_cli("steer", "--model", "x", "--positive", "a", "--negative", "b", "--prompt", "hi", "--save",
+                            tmp_path / "no" / "v.safetensors"), r"--save .*: folder .* does not exist")
+
+
+def test_corrupt_model_folder_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    _cli = lambda *a: _main(capsys, *a)  # noqa: E731
+    folder, _ = tiny_checkpoint("llama")
+    trunc = tmp_path / "trunc"
+    shutil.copytree(folder, trunc)
+    data = (trunc / "model.safetensors").read_bytes()
+    (trunc / "model.safetensors").write_bytes(data[: len(data) - 100])
+    for cmd in ("demo", "sites"):
+        _assert_user_error(_cli(cmd, "--model", trunc), r"cannot load model .*trunc.*model.safetensors: truncated safetensors")
+    bad_config = tmp_path / "badcfg"
+    shutil.copytree(folder, bad_config)
+    (bad_config / "config.json").write_text("{not json")
+    _assert_user_error(_cli("sites", "--model", bad_config), r"cannot load model .*badcfg")
+
+
+@needs_stories
+@pytest.mark.parametrize("args, pattern", [
+    (["demo", "--new-tokens", "600"], r"--new-tokens 600: the prompt \(\d+ tokens\) plus 600 new tokens exceeds the "
+                                      r"model context n_ctx=512; valid: 1..\d+"),
+    (["steer", "--positive", "a", "--negative", "b", "--prompt", "hi", "--new-tokens", "600"], r"--new-tokens 600: .*n_ctx=512"),
+    (["sites", "--seq", "600"], r"--seq 600 exceeds the model context n_ctx=512; valid: 1..512"),
+    (["demo", "--layer", "7"], r"--layer 7 out of range: valid layers are 0..4"),
+])
+def test_model_dependent_user_errors(args, pattern):
+    out = _cli(args[0], "--model", STORIES, *args[1:])
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern, lines[0]), out.stderr[-2000:]
+    assert "[plain]" not in out.stdout  # refused before generating

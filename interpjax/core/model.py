@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from . import interventions as ivmod
+from . import inputs, interventions as ivmod
 from .config import Config
 from .sites import ATTN_SITES, LAYER_SITES, SITES, check_site, site_shape
 
@@ -33,6 +33,8 @@ def norm(cfg: Config, p: dict, x):
     xf = x.astype(F32)
     if cfg.norm == "rmsnorm":
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + cfg.norm_eps)
+        if cfg.norm_offset:  # Gemma: (offset + w) multiplied in float32, then cast
+            return (y * (F32(cfg.norm_offset) + p["scale"].astype(F32))).astype(x.dtype)
         return y.astype(x.dtype) * p["scale"]
     mu = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
@@ -56,11 +58,15 @@ def activation(name: str, x):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def rope_inv_freq(cfg: Config) -> np.ndarray:
-    """Inverse frequencies of the rotary embedding (float32, with llama3/linear scaling)."""
+def rope_inv_freq(cfg: Config, local: bool = False) -> np.ndarray:
+    """Inverse frequencies of the rotary embedding (float32, with llama3/linear scaling); ``local``:
+    those of windowed layers (``cfg.rotary_base_local``, never scaled)."""
     R = cfg.rotary_dim
-    inv = 1.0 / (np.float32(cfg.rotary_base) ** (np.arange(0, R, 2, dtype=np.int64).astype(np.float32) / np.float32(R)))
+    base = cfg.rotary_base_local if local else cfg.rotary_base
+    inv = 1.0 / (np.float32(base) ** (np.arange(0, R, 2, dtype=np.int64).astype(np.float32) / np.float32(R)))
     inv = inv.astype(np.float32)
+    if local:
+        return inv
     if cfg.rope_scaling == "linear":
         inv = inv / np.float32(cfg.rope_factor)
     elif cfg.rope_scaling == "llama3":
@@ -74,9 +80,9 @@ def rope_inv_freq(cfg: Config) -> np.ndarray:
     return inv
 
 
-def rotary_tables(cfg: Config, pos_BT):
-    """cos/sin tables [B, T, R] laid out for the config's rotary style."""
-    angles = pos_BT.astype(F32)[..., None] * jnp.asarray(rope_inv_freq(cfg))  # [B, T, R/2]
+def rotary_tables(cfg: Config, pos_BT, local: bool = False):
+    """cos/sin tables [B, T, R] laid out for the config's rotary style (``local``: windowed layers')."""
+    angles = pos_BT.astype(F32)[..., None] * jnp.asarray(rope_inv_freq(cfg, local))  # [B, T, R/2]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     if cfg.rotary_style == "half":
         return jnp.concatenate([cos, cos], -1), jnp.concatenate([sin, sin], -1)
@@ -113,6 +119,8 @@ def attention(cfg: Config, p: dict, x_BTD, ctx, tap, past_kv=None):
     v = jnp.einsum("btd,dkh->btkh", x_BTD, p["v"])
     if cfg.qkv_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    if cfg.qk_norm:
+        q, k = norm(cfg, p["q_norm"], q), norm(cfg, p["k_norm"], k)
     q, k, v = tap("q", q), tap("k", k), tap("v", v)
     if cfg.positions == "rotary":
         q = apply_rotary(cfg, q, ctx["cos"], ctx["sin"])
@@ -124,6 +132,8 @@ def attention(cfg: Config, p: dict, x_BTD, ctx, tap, past_kv=None):
     S = k_all.shape[1]
     scores = jnp.einsum("btkgh,bskh->bkgts", q.reshape(B, T, K, G, H), k_all, preferred_element_type=F32)
     scores = scores.reshape(B, N, T, S) * F32(cfg.scale)
+    if cfg.attn_softcap:
+        scores = jnp.tanh(scores / F32(cfg.attn_softcap)) * F32(cfg.attn_softcap)
     allowed = ctx["allowed_BTS"] & ((ctx["window"] == 0) | (ctx["dist_BTS"] < ctx["window"]))
     scores = jnp.where(allowed[:, None], scores, F32(ivmod.MASK_VALUE))
     scores = tap("attn_scores", scores)
@@ -133,6 +143,8 @@ def attention(cfg: Config, p: dict, x_BTD, ctx, tap, past_kv=None):
     out = jnp.einsum("btnh,nhd->btd", z, p["o"])
     if cfg.o_bias:
         out = out + p["o_bias"]
+    if cfg.sandwich_norm:
+        out = norm(cfg, p["post_norm"], out)
     return tap("attn_out", out), (k, v)
 
 
@@ -151,6 +163,8 @@ def mlp(cfg: Config, p: dict, x_BTD, tap):
     out = jnp.einsum("btf,fd->btd", post, p["down"])
     if cfg.mlp_bias:
         out = out + p["down_bias"]
+    if cfg.sandwich_norm:
+        out = norm(cfg, p["post_norm"], out)
     return tap("mlp_out", out)
 
 
@@ -183,6 +197,8 @@ def positions_from_mask(mask_BT):
 def embed(cfg: Config, params: dict, tokens_BT, pos_BT, types_BT=None):
     """Token (+ learned position, + token type) embedding, then the embedding norm if any."""
     x = jnp.take(params["embed"]["tok"], tokens_BT, axis=0)
+    if cfg.embed_scale != 1.0:
+        x = x * jnp.asarray(cfg.embed_scale, x.dtype)
     if cfg.positions == "learned":
         x = x + jnp.take(params["embed"]["pos"], pos_BT, axis=0)
     if cfg.type_vocab_size:
@@ -208,7 +224,15 @@ def unembed(cfg: Config, params: dict, final_BTD):
         logits = jnp.einsum("...d,dv->...v", x, params["unembed"]["w"])
     if cfg.unembed_bias:
         logits = logits + params["unembed"]["b"]
-    return logits
+    return cap_logits(cfg, logits)
+
+
+def cap_logits(cfg: Config, logits):
+    """Final-logit soft-capping (Gemma 2: cap * tanh(logits / cap)); identity when off."""
+    if not cfg.final_softcap:
+        return logits
+    cap = jnp.asarray(cfg.final_softcap, logits.dtype)
+    return jnp.tanh(logits / cap) * cap
 
 
 def final_norm(cfg: Config, params: dict, x_BTD):
@@ -253,8 +277,22 @@ def make_ctx(cfg: Config, q_pos_BT, q_valid_BT, k_pos_BS, k_valid_BS, *, rope_po
         allowed = allowed & (k_pos_BS[:, None, :] <= q_pos_BT[:, :, None])
     ctx = {"allowed_BTS": allowed, "dist_BTS": q_pos_BT[:, :, None] - k_pos_BS[:, None, :]}
     if cfg.positions == "rotary":
-        ctx["cos"], ctx["sin"] = rotary_tables(cfg, q_pos_BT if rope_pos_BT is None else rope_pos_BT)
+        rope_pos = q_pos_BT if rope_pos_BT is None else rope_pos_BT
+        ctx["cos"], ctx["sin"] = rotary_tables(cfg, rope_pos)
+        if cfg.rotary_base_local:  # windowed layers pick these inside the scan (layer_ctx)
+            ctx["cos_local"], ctx["sin_local"] = rotary_tables(cfg, rope_pos, local=True)
     return ctx
+
+
+def layer_ctx(ctx: dict, window):
+    """One layer's context inside the scan: its (traced) window and, for configs with a local
+    rope base, the rotary tables of its kind (local when it has a window)."""
+    out = dict(ctx, window=window)
+    if "cos_local" in ctx:
+        local = window > 0
+        out["cos"] = jnp.where(local, ctx["cos_local"], ctx["cos"])
+        out["sin"] = jnp.where(local, ctx["sin_local"], ctx["sin"])
+    return out
 
 
 def _record_shape(cfg: Config, site: str, B: int, T: int, S: int):
@@ -297,7 +335,7 @@ def run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple,
         p, idx, window, past = xs
         seen = {}
         tap = _make_tap(ivs, idx, layer_record, seen, apply)
-        run = lambda p, x, w, past: block(cfg, p, x, dict(ctx, window=w), tap, past)
+        run = lambda p, x, w, past: block(cfg, p, x, layer_ctx(ctx, w), tap, past)
         if remat:
             if layer_record:
                 raise ValueError("remat=True cannot record layer activations")
@@ -359,17 +397,7 @@ def run_jit(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_
 
 def _check_types(cfg: Config, token_type_ids, shape):
     """Validate token-type ids (BERT segment ids) against the config; None stays None."""
-    if token_type_ids is None:
-        return None
-    if not cfg.type_vocab_size:
-        raise ValueError("token_type_ids given but this model has no token-type embeddings (type_vocab_size=0)")
-    types = jnp.asarray(token_type_ids, jnp.int32)
-    if types.shape != tuple(shape):
-        raise ValueError(f"token_type_ids has shape {types.shape}; expected {tuple(shape)} like tokens")
-    top = ivmod.concrete(types)
-    if top is not None and (top.min() < 0 or top.max() >= cfg.type_vocab_size):
-        raise ValueError(f"token_type_ids must lie in 0..{cfg.type_vocab_size - 1}")
-    return types
+    return inputs.check_token_types(cfg, token_type_ids, shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,37 +405,14 @@ def _check_types(cfg: Config, token_type_ids, shape):
 
 
 def prepare(cfg: Config, params: dict, tokens, attention_mask, interventions, position_ids=None):
-    """Validate everything before compute; returns (tokens_BT, mask_BT, pos_BT or None, interventions)."""
-    tokens = jnp.asarray(tokens) if not isinstance(tokens, jax.core.Tracer) else tokens
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-    if tokens.ndim == 1:
-        raise ValueError(f"tokens must be [batch, seq]; got shape {tokens.shape} (use tokens[None] for one sequence)")
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, seq]; got shape {tokens.shape}")
+    """Validate everything before compute; returns (tokens_BT, mask_BT, pos_BT or None, interventions).
+
+    Tokens, mask and position ids are checked by ``core.inputs`` on the caller's values (before
+    any cast), then handed on as int32 jax arrays."""
+    tokens = jnp.asarray(inputs.check_tokens(cfg, tokens))
     B, T = tokens.shape
-    if T > cfg.n_ctx:
-        raise ValueError(f"sequence length {T} exceeds the model context n_ctx={cfg.n_ctx}")
-    if T == 0:
-        raise ValueError("empty sequence: tokens has 0 positions")
-    concrete = ivmod.concrete(tokens)
-    if concrete is not None and concrete.size and (concrete.min() < 0 or concrete.max() >= cfg.vocab_size):
-        bad = concrete[(concrete < 0) | (concrete >= cfg.vocab_size)]
-        raise ValueError(f"token ids {sorted(set(bad.tolist()))[:5]} outside the vocabulary 0..{cfg.vocab_size - 1}")
-    if attention_mask is None:
-        mask = jnp.ones((B, T), jnp.int32)
-    else:
-        mask = attention_mask if isinstance(attention_mask, jax.core.Tracer) else jnp.asarray(attention_mask)
-        if mask.shape != (B, T):
-            raise ValueError(f"attention_mask has shape {mask.shape}; expected {(B, T)} like tokens")
-        mask = mask.astype(jnp.int32)
-    if position_ids is not None:
-        position_ids = jnp.asarray(position_ids, jnp.int32)
-        if position_ids.shape != (B, T):
-            raise ValueError(f"position_ids has shape {position_ids.shape}; expected {(B, T)} like tokens")
-        top = ivmod.concrete(position_ids)
-        if top is not None and (top.min() < 0 or top.max() >= cfg.n_ctx):
-            raise ValueError(f"position_ids must lie in 0..{cfg.n_ctx - 1}")
+    mask = jnp.asarray(inputs.check_mask(attention_mask, (B, T)))
+    position_ids = inputs.check_position_ids(cfg, position_ids, (B, T))
     ivs = ivmod.compose(interventions) if interventions is not None else ()
     ivmod.validate(ivs, cfg, B, T, compute_dtype(params))
     return tokens, mask, position_ids, ivs
@@ -454,20 +459,14 @@ class Cache:
 
 
 def _normalize_request(cfg: Config, sites, layers):
+    """(sites, layers) as static tuples: known sites, integer layers in range without duplicates
+    (``core.inputs.check_layers``); no layers when no layer site is asked for."""
     if isinstance(sites, str):
         sites = (sites,)
     sites = tuple(sites) if sites is not None else SITES
     for s in sites:
         check_site(s)
-    if layers is None:
-        layers = tuple(range(cfg.n_layers))
-    else:
-        layers = tuple(int(l) for l in np.atleast_1d(np.asarray(layers)))
-        bad = [l for l in layers if not 0 <= l < cfg.n_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range: valid layers are 0..{cfg.n_layers - 1}")
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"layers {list(layers)} contain duplicates")
+    layers = inputs.check_layers(cfg, layers)
     if not any(s in LAYER_SITES for s in sites):
         layers = ()
     return sites, layers

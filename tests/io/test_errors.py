@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import jax.numpy as jnp
@@ -165,7 +166,9 @@ def test_unsupported_architecture_and_fields(tiny_checkpoint, tmp_path):
     def with_config(name, **changes):
         return copy_with_config(folder, tmp_path / name, **changes)
 
-    with pytest.raises(ValueError, match="unsupported architecture 't5'; supported model types: bert, gpt2, gpt_neo"):
+    supported = ", ".join(interpjax.io.convert.SUPPORTED)
+    assert supported.startswith("bert, ") and "gpt2, gpt_neo" in supported
+    with pytest.raises(ValueError, match=f"unsupported architecture 't5'; supported model types: {supported}$"):
         interpjax.io.convert.config_from_hf({"model_type": "t5"})
     with pytest.raises(ValueError, match="rope type 'yarn' is not supported"):
         interpjax.load(with_config("yarn", rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}))
@@ -186,3 +189,139 @@ def test_bad_dtype_and_generation_args(tiny_checkpoint, llama):
 
     with pytest.raises(ValueError, match="exceeds n_ctx=64"):
         greedy(llama.cfg, llama.params, np.zeros((1, 60), np.int32), 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# corrupt files name the file and the entry; paths stay inside the checkpoint; non-finite weights
+
+
+def _raw_safetensors(path, header, data: bytes = b""):
+    """Write a safetensors file with a hand-made (possibly corrupt) header."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("header, data, match", [
+    (b'{"w\xff\xfe": 1}', b"", r"corrupt safetensors header, not UTF-8 JSON"),
+    (b"[1, 2]", b"", r"expected a JSON object of tensors, got a list"),
+    ({"w": {"shape": [2], "data_offsets": [0, 8]}}, bytes(8), r"tensor 'w': header entry lacks \['dtype'\]"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8),
+     r"tensor 'w': data_offsets \[0, 8\] span 8 bytes but shape \(3,\) of F32 needs 12"),
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8), r"tensor 'w': shape \[-2\] is not a list"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, bytes(8), r"tensor 'w': data_offsets \[8, 0\]"),
+    ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, bytes(8), r"tensor 'w': unsupported dtype 'Q4'; supported"),
+    ({"w": "F32"}, b"", r"tensor 'w': header entry must be an object"),
+])
+def test_corrupt_safetensors_header_names_file_and_tensor(tiny_checkpoint, tmp_path, header, data, match):
+    from interpjax.io.loading import read_safetensors
+
+    f = _raw_safetensors(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(ValueError, match=match) as e:
+        read_safetensors(f)
+    assert str(f) in str(e.value)
+    folder, _ = tiny_checkpoint("llama")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    shutil.copy(folder / "config.json", ckpt / "config.json")
+    shutil.copy(f, ckpt / "model.safetensors")
+    with pytest.raises(ValueError, match=match) as e:
+        interpjax.load(ckpt)
+    assert "model.safetensors" in str(e.value)
+
+
+def test_one_layer_of_another_shape_names_tensor_and_file(tiny_checkpoint, tmp_path):
+    from interpjax.io.loading import read_safetensors, write_safetensors
+
+    folder, _ = tiny_checkpoint("llama")
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    tensors = {k: np.asarray(v) for k, v in read_safetensors(folder / "model.safetensors").items()}
+    name = "model.layers.1.mlp.up_proj.weight"
+    tensors[name] = np.zeros((tensors[name].shape[0] - 1, tensors[name].shape[1]), tensors[name].dtype)
+    write_safetensors(tensors, bad / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"model.safetensors: tensor '{name}' has shape \(47, 32\) but "
+                                         r"'model.layers.0.mlp.up_proj.weight' \(in model.safetensors\) has \(48, 32\)"):
+        interpjax.load(bad)
+
+
+def _sharded(folder, dest, index_text=None, shard_of=None):
+    """A sharded copy of a checkpoint: every tensor in one shard file, with the given index text."""
+    dest.mkdir()
+    shutil.copy(folder / "config.json", dest / "config.json")
+    shutil.copy(folder / "model.safetensors", dest / "model-00001-of-00001.safetensors")
+    if index_text is None:
+        from interpjax.io.loading import read_safetensors
+
+        names = sorted(read_safetensors(folder / "model.safetensors"))
+        index_text = json.dumps({"weight_map": {n: (shard_of or {}).get(n, "model-00001-of-00001.safetensors")
+                                                for n in names}})
+    (dest / "model.safetensors.index.json").write_text(index_text)
+    return dest
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"weight_map": {"a": ', r"corrupt checkpoint index, not UTF-8 JSON"),
+    ('{"metadata": {}}', r"needs a non-empty 'weight_map' of tensor name -> shard file; found \['metadata'\]"),
+    ('[]', r"needs a non-empty 'weight_map'"),
+    ('{"weight_map": {"a": 3}}', r"weight_map\['a'\] = 3 is not a shard file name"),
+])
+def test_corrupt_index_names_the_index(tiny_checkpoint, tmp_path, text, match):
+    folder, _ = tiny_checkpoint("llama")
+    ckpt = _sharded(folder, tmp_path / "ckpt", text)
+    with pytest.raises(ValueError, match=match) as e:
+        interpjax.load(ckpt)
+    assert str(ckpt / "model.safetensors.index.json") in str(e.value)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "../../../../etc/hostname", "sub/../../outside.safetensors"])
+def test_shard_paths_stay_inside_the_checkpoint(tiny_checkpoint, tmp_path, shard):
+    """A valid weights file outside the folder is not read even though the index points at it."""
+    folder, _ = tiny_checkpoint("llama")
+    shutil.copy(folder / "model.safetensors", tmp_path / "outside.safetensors")
+    name = "model.embed_tokens.weight"
+    ckpt = _sharded(folder, tmp_path / "ckpt", shard_of={name: shard})
+    with pytest.raises(ValueError, match=rf"weight_map\['{name}'\] = '{re.escape(shard)}' points outside the "
+                                         r"checkpoint folder"):
+        interpjax.load(ckpt)
+    ok = _sharded(folder, tmp_path / "ok")  # the same layout with the shard inside loads
+    t = np.arange(6)[None]
+    assert np.array_equal(np.asarray(interpjax.load(ok)(t)), np.asarray(interpjax.load(folder)(t)))
+
+
+def test_index_must_agree_with_shards(tiny_checkpoint, tmp_path):
+    folder, _ = tiny_checkpoint("llama")
+    ckpt = _sharded(folder, tmp_path / "ckpt", json.dumps({"weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors",
+                                                                          "not.there": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(ValueError, match=r"shards lack tensors the index places in them, e.g. \[\('not.there'"):
+        interpjax.load(ckpt)
+
+
+def test_empty_path_is_not_the_current_directory(tiny_checkpoint, monkeypatch):
+    folder, _ = tiny_checkpoint("llama")
+    monkeypatch.chdir(folder)  # a loadable checkpoint sits in the current directory
+    with pytest.raises(ValueError, match=r"empty checkpoint path ''"):
+        interpjax.load("")
+    with pytest.raises(ValueError, match=r"empty checkpoint path ' '"):
+        interpjax.load(" ")
+    with pytest.raises(TypeError, match="got NoneType"):
+        interpjax.load(None)
+    assert interpjax.load(".").cfg.n_layers == 3  # '.' still means it, explicitly
+
+
+def test_nonfinite_weights_refused_unless_allowed(tiny_checkpoint, tmp_path):
+    from interpjax.io.loading import read_safetensors, write_safetensors
+
+    folder, _ = tiny_checkpoint("llama")
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    tensors = {k: np.array(v) for k, v in read_safetensors(folder / "model.safetensors").items()}
+    tensors["model.layers.1.mlp.up_proj.weight"][3, :2] = np.nan
+    tensors["model.embed_tokens.weight"][5, 0] = np.inf
+    write_safetensors(tensors, bad / "model.safetensors")
+    with pytest.raises(ValueError, match=r"weights hold NaN or inf: embed/tok: 1 values; layers/mlp/up \(layers \[1\]\): "
+                                         r"2 values; .*allow_nonfinite=True") as e:
+        interpjax.load(bad)
+    assert str(bad) in str(e.value)
+    m = interpjax.load(bad, allow_nonfinite=True)
+    assert np.isnan(np.asarray(m.params["layers"]["mlp"]["up"][1])).sum() == 2
