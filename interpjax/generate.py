@@ -14,6 +14,10 @@ How interventions map onto generation (the rule, documented and tested):
   with the same interventions therefore reproduces the logits the decoder saw.
 * An intervention without ``positions`` applies at every position: the prompt and each generated
   token.
+* The prefill and each decode step see every intervention through its ``window`` (the
+  intervention protocol of ``interpjax.core.interventions``): positions shifted onto the segment's
+  columns, sequence-shaped fields cut to them. A new intervention class works here unchanged;
+  ``Custom`` (whose function sees the activation) receives each segment as it is.
 * Attention-score sites (``attn_scores``, ``pattern``, ``AttentionKnockout``) have a key axis that
   the cache lays out differently; they are refused here (use ``forward`` on the full sequence).
 * ``per_row=True``: every numeric leaf of the interventions carries a leading row axis [B] (build
@@ -35,9 +39,6 @@ from .core import model as M
 from .core.config import Config
 from .core.sites import ATTN_SITES
 
-_FAR = 2**30  # a position index that matches no column
-
-
 class Generation(NamedTuple):
     """``tokens`` [B, T0 + N] (prompt, then generated tokens, ``pad_token_id`` after a stop token);
     ``mask`` [B, T0 + N] (1 on real prompt tokens and on generated tokens up to the stop token);
@@ -52,49 +53,12 @@ class Generation(NamedTuple):
 # interventions written against the full sequence -> the slice a segment of it needs
 
 
-def _time_axis(arr, n_feat: int, offset: int = 0):
-    """Axis of ``arr`` that indexes sequence positions, or None when it only spans features."""
-    nd = np.ndim(arr) - offset
-    return offset + nd - n_feat - 1 if nd > n_feat else None
-
-
-def _slice_time(arr, axis, start, T):
-    if arr is None or axis is None:
-        return arr
-    return jax.lax.dynamic_slice_in_dim(jnp.asarray(arr), start, T, axis)
-
-
-# number of per-position feature axes of each site (the rest of the trailing shape is [.., T, ...])
-_N_FEAT = {"q": 2, "k": 2, "v": 2, "z": 2}
-
-
 def _segment(ivs: tuple, start, T: int, total: int) -> tuple:
     """The interventions as one segment of ``T`` columns starting at column ``start`` (may be
-    traced) of a ``total``-column sequence sees them: positions shifted into the segment (the others
-    made unmatchable) and arrays with a sequence axis sliced to the segment's columns."""
-    out = []
-    for iv in ivs:
-        if isinstance(iv, ivmod.Custom):
-            out.append(iv)
-            continue
-        nf = _N_FEAT.get(iv.site, 1)
-        changes = {}
-        if iv.positions is not None:
-            p = jnp.asarray(iv.positions)
-            p = jnp.where(p < 0, p + total, p) - start
-            changes["positions"] = jnp.where((p >= 0) & (p < T), p, _FAR)
-        if isinstance(iv, ivmod.Add):
-            changes["vector"] = _slice_time(iv.vector, _time_axis(iv.vector, nf), start, T)
-        elif isinstance(iv, ivmod.Patch):
-            changes["value"] = _slice_time(iv.value, _time_axis(iv.value, nf), start, T)
-        elif isinstance(iv, ivmod.Scale) and np.ndim(iv.factor):
-            changes["factor"] = _slice_time(iv.factor, _time_axis(iv.factor, nf), start, T)
-        elif isinstance(iv, ivmod.Ablate) and iv.source is not None:
-            changes["source"] = _slice_time(iv.source, _time_axis(iv.source, nf, offset=1), start, T)
-        elif isinstance(iv, ivmod.Project) and np.ndim(iv.value):
-            changes["value"] = _slice_time(iv.value, _time_axis(iv.value, nf - 1), start, T)
-        out.append(iv.replace(**changes))
-    return tuple(out)
+    traced) of a ``total``-column sequence sees them: each one's ``window`` (the intervention
+    protocol) shifts its positions into the segment and cuts its sequence-indexed arrays."""
+    win = ivmod.Window(total=total, start=start, n_rows=T)
+    return tuple(iv.window(win) for iv in ivs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +209,26 @@ def _check_generation_ivs(cfg: Config, params: dict, ivs: tuple, B: int, total: 
         ivmod.validate(_row(ivs, b), cfg, 1, total, dtype)
 
 
+def _scalar_kind(x) -> str:
+    """'int', 'float' or 'other' (bools, complex numbers, arrays and strings are 'other')."""
+    if isinstance(x, (bool, np.bool_, str, bytes)) or np.ndim(x) != 0:
+        return "other"
+    dt = np.asarray(x).dtype
+    return "int" if np.issubdtype(dt, np.integer) else "float" if np.issubdtype(dt, np.floating) else "other"
+
+
+def _check_sampling(cfg: Config, temperature, top_k, top_p) -> None:
+    """The sampling numbers, refused (never rounded or cast) unless they are what they claim."""
+    if _scalar_kind(temperature) == "other" or not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite real number >= 0 (0 = greedy), got {temperature!r}")
+    if _scalar_kind(top_k) != "int":
+        raise ValueError(f"top_k must be an integer in 0..{cfg.vocab_size} (0 = off), got {top_k!r}")
+    if not 0 <= int(top_k) <= cfg.vocab_size:
+        raise ValueError(f"top_k must be in 0..{cfg.vocab_size} (0 = off), got {top_k}")
+    if _scalar_kind(top_p) == "other" or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+
+
 def generate(cfg: Config, params: dict, prompt_BT, max_new_tokens: int, interventions=None, *, attention_mask=None,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_tokens=(),
              pad_token_id: int | None = None, per_row: bool = False) -> Generation:
@@ -256,26 +240,21 @@ def generate(cfg: Config, params: dict, prompt_BT, max_new_tokens: int, interven
     ``pad_token_id`` (default: the first stop token, else 0). ``per_row=True`` takes interventions
     whose numeric leaves have a leading [B] row axis (see ``stack_rows``).
     """
-    prompt = np.asarray(prompt_BT)
-    if prompt.ndim != 2:
-        raise ValueError(f"prompt must be [batch, seq] token ids; got shape {prompt.shape}")
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    if np.ndim(prompt_BT) != 2:
+        raise ValueError(f"prompt must be [batch, seq] token ids; got shape {np.shape(prompt_BT)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    B, T0 = prompt.shape
+    B, T0 = np.shape(prompt_BT)
     total = T0 + int(max_new_tokens)
     if total > cfg.n_ctx:
         raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx={cfg.n_ctx}")
-    tokens, mask, _, _ = M.prepare(cfg, params, prompt, attention_mask, None)
-    m = np.asarray(mask)
-    if not (m[:, -1] == 1).all() or (np.diff(m, axis=1) < 0).any():
-        raise ValueError("attention_mask must be left padding (0s then 1s, last column real in every row): "
-                         "generation continues from the last column")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0 <= int(top_k) <= cfg.vocab_size:
-        raise ValueError(f"top_k must be in 0..{cfg.vocab_size} (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    _check_sampling(cfg, temperature, top_k, top_p)
+    tokens, mask, _, _ = M.prepare(cfg, params, prompt_BT, attention_mask, None)  # validated once, here
+    if attention_mask is not None:  # all ones otherwise: trivially left padding
+        m = np.asarray(attention_mask)
+        if not (m[:, -1] == 1).all() or (np.diff(m, axis=1) < 0).any():
+            raise ValueError("attention_mask must be left padding (0s then 1s, last column real in every row): "
+                             "generation continues from the last column")
     stop_ids = tuple(int(t) for t in np.atleast_1d(np.asarray(stop_tokens if stop_tokens is not None else (), np.int64)))
     if pad_token_id is None:
         pad_token_id = stop_ids[0] if stop_ids else 0

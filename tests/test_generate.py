@@ -187,3 +187,25 @@ def test_model_generate_takes_texts():
     tokens, mask = model.to_tokens(["Once upon a time, there was a little girl named", "The cat"])
     assert out.tokens[:, :tokens.shape[1]].tolist() == tokens.tolist()
     assert out.tokens.tolist() == greedy(model.cfg, model.params, tokens, 20, attention_mask=mask, stop_tokens=[2]).tolist()
+
+
+def test_sampling_numbers_are_refused_not_rounded_before_compute(tiny_model, monkeypatch):
+    """top_k=2.7 must not become 2, and a nan temperature must not emit token 0: both are
+    ValueErrors naming the value, raised before the decoder is called."""
+    import interpjax.generate as G
+
+    model, _ = tiny_model("llama")
+    cfg, p = model.cfg, model.params
+    tokens, mask = _prompts(cfg.vocab_size)
+    calls = []
+    monkeypatch.setattr(G, "_generate", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match=r"top_k must be an integer in 0..101 \(0 = off\), got 2.7"):
+        generate(cfg, p, tokens, 4, attention_mask=mask, temperature=1.0, top_k=2.7)
+    with pytest.raises(ValueError, match=r"top_k must be an integer .* got True"):
+        generate(cfg, p, tokens, 4, attention_mask=mask, temperature=1.0, top_k=True)
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ValueError, match=rf"temperature must be a finite real number >= 0 .* got {bad}"):
+            generate(cfg, p, tokens, 4, attention_mask=mask, temperature=bad)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] \(1 = off\), got nan"):
+        generate(cfg, p, tokens, 4, attention_mask=mask, temperature=1.0, top_p=float("nan"))
+    assert not calls

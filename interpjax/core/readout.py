@@ -120,9 +120,9 @@ def _unembed_columns(cfg, params, rows_BPD, ids):
         return out if ids is None else jnp.take(out, ids, axis=-1)
     if cfg.tie_embeddings:
         w_ID = jnp.take(params["embed"]["tok"], ids, axis=0)
-        return jnp.einsum("bpd,id->bpi", rows_BPD, w_ID)
+        return M.cap_logits(cfg, jnp.einsum("bpd,id->bpi", rows_BPD, w_ID))  # soft-cap is per element
     w_DI = jnp.take(params["unembed"]["w"], ids, axis=1)
     out = jnp.einsum("bpd,di->bpi", rows_BPD, w_DI)
     if cfg.unembed_bias:
         out = out + jnp.take(params["unembed"]["b"], ids)
-    return out
+    return M.cap_logits(cfg, out)

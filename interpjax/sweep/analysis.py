@@ -3,7 +3,9 @@
 A variant whose interventions first act at layer L reuses the base run's residual entering L; one
 whose edits all sit at positions >= p (under causal attention) reuses the base run's keys and
 values of positions < p and recomputes only positions p..T-1. Both are read off the grid's
-concrete layer/position fields, per variant, before any compute.
+concrete layer/position fields, per variant, before any compute; whether an intervention may
+start late or share packed rows is its own answer (``can_shift``/``can_pack``, the intervention
+protocol).
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import bisect
 
 import numpy as np
 
-from ..core import interventions as ivmod
-from ..core.sites import ATTN_SITES, LAYER_SITES
+from ..core.sites import LAYER_SITES
 from .grid import Grid, is_ref
 
 
@@ -35,25 +36,16 @@ def _field_min(grid: Grid, leaf, reduce_from: int, normalise=None):
     return np.full(grid.size, d.min() if d.size else 0)
 
 
-def shiftable(iv) -> bool:
-    """Can this intervention run on a suffix of positions (its position-dependent fields sliced)?"""
-    if isinstance(iv, ivmod.Custom):
-        return False
-    if isinstance(iv, ivmod.Project) and np.ndim(iv.value) > 0:
-        return False
-    return True
-
-
 def start_points(cfg, grid: Grid, base_ivs: tuple, T: int, positions_ok: bool):
     """(start_layer[n], start_pos[n]) per flat variant: the first layer and position any of its
     interventions touch (n_layers / T when none do)."""
     n = grid.size
     L = np.full(n, cfg.n_layers, np.int64)
     P = np.full(n, T, np.int64)
-    positions_ok = positions_ok and getattr(cfg, "causal", True) and all(shiftable(iv) for iv in base_ivs)
+    positions_ok = positions_ok and getattr(cfg, "causal", True) and all(iv.can_shift() for iv in base_ivs)
     norm_pos = lambda d: np.where(d < 0, d + T, d)
     for iv in grid.template:
-        if not shiftable(iv):
+        if not iv.can_shift():  # the intervention protocol: may it start late?
             positions_ok = False
         if iv.site == "embed":
             L = np.minimum(L, 0)
@@ -100,14 +92,6 @@ def bucket_lengths(lengths, weights, max_buckets: int):
         k -= 1
     edges = np.array(sorted(edges))
     return edges[np.searchsorted(edges, lengths)]
-
-
-
-def row_packable(iv) -> bool:
-    """Can this intervention act on packed rows (several variants' suffixes laid out in one
-    sequence)? Position-indexed sites only: not the attention-score sites (their key axis is laid
-    out differently), not the embedding (packed rows enter at a layer) and not unshiftable edits."""
-    return shiftable(iv) and iv.site not in ATTN_SITES and iv.site != "embed"
 
 
 def pack_segments(lengths, capacity: int, max_segments: int):

@@ -90,6 +90,9 @@ def zip(*, name: str | None = None, ticks=None, **fields) -> "Space":
 def product(*spaces, **named) -> "Space":
     """Outer product of axes: positional ``Space``s (from ``axis``/``zip``/``product``) then
     ``name=values`` one-field axes, in order. The result's shape is their sizes."""
+    if not spaces and not named:
+        raise ValueError("product() got no axes: give at least one, e.g. product(layer=np.arange(n)) "
+                         "(a grid without axes has nothing to sweep)")
     axes = []
     for s in spaces:
         if not isinstance(s, Space):
@@ -152,6 +155,8 @@ class Grid:
     axes: tuple
 
     def __post_init__(self):
+        if not self.axes:
+            raise ValueError("a grid needs at least one axis, got axes=() (e.g. from_stacked(..., names=()))")
         for path, leaf in jax.tree_util.tree_flatten_with_path(self.template, is_leaf=is_ref)[0]:
             if is_ref(leaf):
                 want = tuple(self.axes[i].size for i in leaf.axes)

@@ -66,10 +66,7 @@ def heatmap(result: Labelled, path, title: str | None = None, cmap: str = "RdBu_
             max_ticks: int = 40) -> Path:
     """Heatmap of a 2-d result (rows = first axis); a 3-d result gets one panel per entry of its
     first axis; 1-d a line. Diverging colours centred on ``centre`` (None: plain range)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
 
     v = np.asarray(result.values, np.float64)
     if v.ndim not in (1, 2, 3):
@@ -83,7 +80,8 @@ def heatmap(result: Labelled, path, title: str | None = None, cmap: str = "RdBu_
     nrow = -(-n // ncol)
     w = 1.2 + 0.32 * (len(cols_t) if v.ndim >= 2 else 12)
     h = 1.2 + 0.3 * (len(rows_t) if v.ndim >= 2 else 8)
-    fig, axs = plt.subplots(nrow, ncol, figsize=(min(4 + w * ncol, 40), min(2 + h * nrow, 40)), squeeze=False)
+    fig = Figure(figsize=(min(4 + w * ncol, 40), min(2 + h * nrow, 40)))
+    axs = fig.subplots(nrow, ncol, squeeze=False)
     finite = v[np.isfinite(v)]
     lim = float(np.max(np.abs(finite - (centre or 0.0)))) if finite.size else 1.0
     lo, hi = ((centre - lim, centre + lim) if centre is not None else
@@ -116,6 +114,5 @@ def heatmap(result: Labelled, path, title: str | None = None, cmap: str = "RdBu_
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -262,3 +262,57 @@ def test_grad_through_interventions(llama):
 
     grad = jax.grad(g)(cache["mlp_post", 1])
     assert grad.shape == cache["mlp_post", 1].shape and np.abs(np.asarray(grad)).max() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs that would make every output nan, or silently drop part of a value: refused before compute
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Replaces the compiled forward with a recorder: a refusal must come before any call."""
+    from interpjax.core import model as M
+
+    calls = []
+    monkeypatch.setattr(M, "run_jit", lambda *a, **k: calls.append(a))
+    return calls
+
+
+def test_project_with_a_zero_direction_is_refused_before_compute(llama, no_compute):
+    with pytest.raises(ValueError, match=r"Project.direction is the zero vector \(shape \(32,\)\)"):
+        llama(toks(), interventions=Project("resid_pre", layer=1, direction=jnp.zeros(32)))
+    assert not no_compute
+
+
+def test_mean_ablation_with_an_empty_source_is_refused_before_compute(llama, no_compute):
+    with pytest.raises(ValueError, match=r"Ablate\(kind='mean'\).source has shape \(0, 32\): M = 0"):
+        llama(toks(), interventions=Ablate("mlp_out", layer=0, kind="mean", source=jnp.zeros((0, 32))))
+    with pytest.raises(ValueError, match=r"Ablate\(kind='resample'\).source has shape \(0, 8, 32\)"):
+        llama(toks(), interventions=Ablate("mlp_out", layer=0, kind="resample", source=jnp.zeros((0, 8, 32)),
+                                           key=jax.random.PRNGKey(0)))
+    assert not no_compute
+
+
+def test_non_finite_values_are_refused_even_with_a_zero_coefficient(llama, no_compute):
+    inf_vec = jnp.zeros(32).at[5].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"Add.vector has 1 non-finite entries \(nan/inf; first inf at index \(5,\)\)"):
+        llama(toks(), interventions=Add("resid_pre", layer=1, vector=inf_vec, coeff=0.0))
+    with pytest.raises(ValueError, match=r"Add.coeff has 1 non-finite entries \(nan/inf; first nan"):
+        llama(toks(), interventions=Add("resid_pre", layer=1, vector=jnp.ones(32), coeff=float("nan")))
+    nan_value = np.ones(32, np.float32)
+    nan_value[[3, 9]] = np.nan
+    with pytest.raises(ValueError, match=r"Patch.value has 2 non-finite entries \(nan/inf; first nan at index \(3,\)\)"):
+        llama(toks(), interventions=Patch("resid_pre", layer=1, value=nan_value))
+    with pytest.raises(ValueError, match=r"Scale.factor has 1 non-finite entries \(nan/inf; first -inf"):
+        llama(toks(), interventions=Scale("mlp_post", layer=0, factor=jnp.ones(48).at[0].set(-jnp.inf)))
+    assert not no_compute
+
+
+def test_complex_values_are_refused_not_truncated_to_their_real_part(llama, no_compute):
+    with pytest.raises(ValueError, match=r"Add.vector is complex \(dtype complex64\)"):
+        llama(toks(), interventions=Add("resid_pre", layer=1, vector=jnp.ones(32, jnp.complex64) * 1j))
+    with pytest.raises(ValueError, match=r"Add.coeff is complex"):
+        llama(toks(), interventions=Add("resid_pre", layer=1, vector=jnp.ones(32), coeff=2j))
+    with pytest.raises(ValueError, match=r"Patch.value is complex \(dtype complex128\)"):
+        llama(toks(), interventions=Patch("resid_pre", layer=1, value=np.ones(32, np.complex128)))
+    assert not no_compute

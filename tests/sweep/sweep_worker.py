@@ -1,10 +1,10 @@
 """Helpers for the sweep tests: tiny random models with O(1) weights, shared grids/metrics, and a
 command-line worker run in subprocesses (resume after SIGKILL, simulated devices, 2 processes).
+The 100k-variant benchmark of the docs is ``benchmarks/sweep_big.py``.
 
     python tests/sweep/sweep_worker.py resume DIR OUT.npy LOG [SLEEP]
     python tests/sweep/sweep_worker.py devices OUT.npz            (under XLA_FLAGS=...device_count=8)
     python tests/sweep/sweep_worker.py dist RANK NPROCS PORT OUT.npy
-    python tests/sweep/sweep_worker.py big [N_VARIANTS]   (the 100k-variant GPT-2-small-shape sweep for the docs)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def make_model(kind: str = "rotary", seed: int = 0, **overrides):
     import jax.numpy as jnp
 
     from interpjax import Config
-    from interpjax.train import trainer
+    from interpjax import train
 
     cfg = Config(**{**CONFIGS[kind], **overrides})
     shapes = jax.eval_shape(lambda: train.init_params(cfg, jax.random.PRNGKey(0)))
@@ -140,36 +140,6 @@ def _dist(rank, nprocs, port, out):
     jax.distributed.shutdown()
 
 
-def _big(n_variants=100_000):
-    """Steering sweep on a random GPT-2-small-shaped model: resid_pre[L][:, -1] += c * v for layers
-    9..11 x n/3 coefficients, metric = logit difference at the last position; prints time/memory."""
-    import resource
-
-    import jax
-    import jax.numpy as jnp
-
-    import interpjax.sweep as sw
-    from interpjax import Add, Config
-    from interpjax.train import trainer
-
-    cfg = Config(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
-                 tie_embeddings=True)
-    params = train.init_params(cfg, jax.random.PRNGKey(0))
-    toks = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 16)).astype(np.int32)
-    v = jnp.asarray(np.random.default_rng(2).standard_normal(768).astype(np.float32))
-    layers = np.arange(9, 12)
-    coeffs = np.linspace(-8, 8, -(-n_variants // len(layers))).astype(np.float32)
-    grid = sw.product(layer=layers, coeff=coeffs).build(
-        lambda a: Add("resid_pre", layer=a.layer, vector=v, coeff=a.coeff, positions=jnp.array([-1])))
-    t0 = time.perf_counter()
-    vals, plan = sw.sweep((cfg, params), toks, grid, logit_diff, return_plan=True)
-    dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"{grid.size} variants in {dt:.1f}s ({grid.size / dt:.0f} variants/s), {plan.n_chunks} chunks of "
-          f"<= {max(len(c[1]) for c in plan.chunks)}, budget {plan.budget / 2**30:.1f} GiB, "
-          f"work fraction {plan.work_fraction(12, 16):.4f}, peak RSS {peak:.2f} GiB, finite {np.isfinite(vals).all()}")
-
-
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     mode, args = sys.argv[1], sys.argv[2:]
@@ -177,8 +147,6 @@ if __name__ == "__main__":
         _resume(args[0], args[1], args[2], float(args[3]) if len(args) > 3 else 0.0)
     elif mode == "devices":
         _devices(args[0])
-    elif mode == "big":
-        _big(int(args[0]) if args else 100_000)
     elif mode == "dist":
         _dist(int(args[0]), int(args[1]), int(args[2]), args[3])
     else:

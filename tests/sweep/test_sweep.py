@@ -18,7 +18,8 @@ import pytest
 
 import interpjax.sweep as sw
 from interpjax import Ablate, Add, AttentionKnockout, Patch, Project, Scale, forward, run_with_cache
-from interpjax.sweep import engine as E
+from interpjax.sweep import plan as PL
+from interpjax.sweep import program as PG
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_worker import logit_diff, make_model, patch_grid, tokens  # noqa: E402
@@ -293,13 +294,13 @@ def _all_shapes(jaxpr):
 
 def _chunk_jaxpr(m, toks, grid, metric):
     cfg, params = m
-    st = E._Static(cfg, "segment", None, 0, toks.shape[0], toks.shape[1], *_slots(grid), metric, None, False)
-    base = E._base_jit(cfg, params, jnp.asarray(toks), jnp.ones_like(toks), None, ())
+    st = PG.Static(cfg, "segment", None, 0, toks.shape[0], toks.shape[1], *_slots(grid), metric, None, False)
+    base = PG.base_jit(cfg, params, jnp.asarray(toks), jnp.ones_like(toks), None, ())
     leaves = jax.tree.leaves(grid.template, is_leaf=lambda l: isinstance(l, sw.Ref))
     datas = [jnp.asarray(l.data) for l in leaves if isinstance(l, sw.Ref)]
     shared = [jnp.asarray(l) for l in leaves if not isinstance(l, (sw.Ref, int, float))]
     idx = tuple(jnp.zeros(4, jnp.int32) for _ in grid.shape)
-    return jax.make_jaxpr(lambda *a: E._chunk_program(st, *a))(
+    return jax.make_jaxpr(lambda *a: PG.chunk_program(st, *a))(
         params, base, (), shared, datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None, jnp.int32(1))
 
 
@@ -328,14 +329,14 @@ def test_one_compilation_per_chunk_shape(rot):
     toks = tokens(cfg, seed=4)
     grid = sw.product(layer=np.arange(3), coeff=np.linspace(-1, 1, 7).astype(np.float32)).build(
         lambda a: Add("resid_pre", layer=a.layer, vector=vec(32, 9), coeff=a.coeff))
-    before = E._TRACES["chunk"]
+    before = PG.TRACES["chunk"]
     a, plan = sw.sweep(rot, toks, grid, logit_diff, chunk_size=3, progress=False, return_plan=True)
     groups = {(plan.groups[g][0], plan.groups[g][1], len(idx)) for g, idx, _ in plan.chunks}
     shapes = {(plan.groups[g][1], len(idx)) for g, idx, _ in plan.chunks}  # the start layer is an argument
     assert plan.n_chunks == 9 and len(groups) == 3 and len(shapes) == 1
-    assert E._TRACES["chunk"] - before == len(shapes)
+    assert PG.TRACES["chunk"] - before == len(shapes)
     b = sw.sweep(rot, toks, grid, logit_diff, chunk_size=3, progress=False)  # cached: no new trace
-    assert E._TRACES["chunk"] - before == len(shapes)
+    assert PG.TRACES["chunk"] - before == len(shapes)
     np.testing.assert_array_equal(a, b)
 
 
@@ -364,12 +365,12 @@ def test_memory_estimate_bounds_compiled_program(rot):
     grid = patch_grid(cfg, params, toks[:, :], "resid_pre")
     plan = sw.plan_sweep(rot, toks, grid, logit_diff, position_buckets=1, packing=False)
     C = 8
-    st = E._Static(cfg, "segment", None, 0, 4, 16, *_slots(grid), logit_diff, None, False)
-    base = E._base_jit(cfg, params, jnp.asarray(toks), jnp.ones_like(toks), None, ())
+    st = PG.Static(cfg, "segment", None, 0, 4, 16, *_slots(grid), logit_diff, None, False)
+    base = PG.base_jit(cfg, params, jnp.asarray(toks), jnp.ones_like(toks), None, ())
     leaves = jax.tree.leaves(grid.template, is_leaf=lambda l: isinstance(l, sw.Ref))
     datas = [jnp.asarray(l.data) for l in leaves if isinstance(l, sw.Ref)]
     idx = tuple(jnp.zeros(C, jnp.int32) for _ in grid.shape)
-    compiled = jax.jit(lambda *a: E._chunk_program(st, *a)).lower(
+    compiled = jax.jit(lambda *a: PG.chunk_program(st, *a)).lower(
         params, base, (), [], datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None, jnp.int32(0)).compile()
     mem = compiled.memory_analysis()
     if mem is None:
@@ -379,10 +380,10 @@ def test_memory_estimate_bounds_compiled_program(rot):
     plan = sw.plan_sweep(rot, toks, grid, logit_diff, micro_rows=0)
     (i, (vidx, start)), = [(i, lay) for i, lay in plan.layouts.items() if plan.groups[plan.chunks[i][0]][0] == 0]
     P, S0 = plan.pack_dims[plan.chunks[i][0]]
-    st = E._Static(cfg, "packed", None, 0, 4, 16, *_slots(grid), logit_diff, None, False, 0, vidx.shape[1], P, S0)
+    st = PG.Static(cfg, "packed", None, 0, 4, 16, *_slots(grid), logit_diff, None, False, 0, vidx.shape[1], P, S0)
     idx = tuple(jnp.asarray(a, jnp.int32) for a in np.unravel_index(vidx, grid.shape))
-    layout = tuple(jnp.asarray(a) for a in E._row_layout(start, 16, P))
-    compiled = jax.jit(lambda *a: E._chunk_program(st, *a)).lower(
+    layout = tuple(jnp.asarray(a) for a in PL.row_layout(start, 16, P))
+    compiled = jax.jit(lambda *a: PG.chunk_program(st, *a)).lower(
         params, base, (), [], datas, idx, jnp.asarray(toks), jnp.ones_like(toks), None, jnp.int32(0),
         layout).compile()
     assert compiled.memory_analysis().temp_size_in_bytes <= len(vidx) * plan.per_variant_bytes[(0, -1)]
@@ -428,7 +429,7 @@ def test_bad_input_raises_before_compute(rot):
         sw.zip(layer=np.arange(3), value=np.zeros((4, 32)))
     good = sw.product(layer=np.arange(3), coeff=np.ones(2, np.float32)).build(
         lambda a: Add("resid_pre", layer=a.layer, vector=v, coeff=a.coeff))
-    before = E._TRACES["chunk"]
+    before = PG.TRACES["chunk"]
     bad_layer = sw.product(layer=np.array([0, 1, 3]), coeff=np.ones(2, np.float32)).build(
         lambda a: Add("resid_pre", layer=a.layer, vector=v, coeff=a.coeff))
     with pytest.raises(ValueError, match=r"layer.*out of range: valid layers are 0..2"):
@@ -453,9 +454,59 @@ def test_bad_input_raises_before_compute(rot):
     with pytest.raises(ValueError, match="'variants' axis"):
         sw.sweep(rot, toks, good, logit_diff, progress=False,
                  mesh=jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
-    assert E._TRACES["chunk"] == before  # nothing was compiled or run
+    assert PG.TRACES["chunk"] == before  # nothing was compiled or run
     vals = sw.sweep(rot, toks, good, lambda out: out.logits(-1, 0), progress=False, metric_shape=(2,))
     assert vals.shape == (3, 2, 2)
+
+
+def test_axisless_grid_is_refused_before_the_base_run(rot):
+    before = dict(PG.TRACES)
+    with pytest.raises(ValueError, match=r"product\(\) got no axes"):
+        sw.product().build(lambda a: Add("resid_pre", layer=0, vector=vec(32)))
+    with pytest.raises(ValueError, match=r"a grid needs at least one axis, got axes=\(\)"):
+        sw.from_stacked(Add("resid_pre", layer=0, vector=vec(32)), names=())
+    with pytest.raises(ValueError, match=r"a grid needs at least one axis"):
+        sw.Grid((Add("resid_pre", layer=0, vector=vec(32)),), ())
+    assert PG.TRACES == before
+
+
+def test_non_finite_or_complex_grid_fields_are_refused_before_compute(rot):
+    cfg, params = rot
+    toks = tokens(cfg)
+    vs = np.ones((4, 32), np.float32)
+    vs[2, 7] = np.inf  # a later variant than the one traced for shapes
+    grid = sw.axis("v", vs).build(lambda a: Add("resid_pre", layer=1, vector=a.v, coeff=0.0))
+    before = dict(PG.TRACES)
+    with pytest.raises(ValueError, match=r"Add.vector \(grid axes \['v'\]\) has 1 non-finite entries "
+                                         r"\(nan/inf; first inf at index \(2, 7\)\)"):
+        sw.sweep(rot, toks, grid, logit_diff, progress=False)
+    cgrid = sw.axis("c", np.array([1.0, 2.0 + 1.0j])).build(
+        lambda a: Add("resid_pre", layer=1, vector=vec(32), coeff=a.c))
+    with pytest.raises(ValueError, match=r"Add.coeff is complex \(dtype complex128\)"):
+        sw.sweep(rot, toks, cgrid, logit_diff, progress=False)
+    assert PG.TRACES == before
+
+
+def test_fresh_identical_lambda_reuses_the_compiled_program(rot):
+    """The compiled chunk is cached on the metric's fingerprint, not on the function object: a new
+    lambda with the same code and closure traces nothing; another closure value traces anew."""
+    cfg, params = rot
+    toks = tokens(cfg, seed=6)
+    grid = sw.product(layer=np.arange(3), coeff=np.linspace(-1, 1, 5).astype(np.float32)).build(
+        lambda a: Add("resid_pre", layer=a.layer, vector=vec(32, 12), coeff=a.coeff))
+
+    def scaled(c):
+        return lambda out: c * logit_diff(out)
+
+    first = sw.sweep(rot, toks, grid, scaled(1.0), progress=False)
+    before = PG.TRACES["chunk"]
+    for _ in range(2):
+        again = sw.sweep(rot, toks, grid, scaled(1.0), progress=False)  # a fresh lambda each time
+        np.testing.assert_array_equal(again, first)
+    assert PG.TRACES["chunk"] == before
+    double = sw.sweep(rot, toks, grid, scaled(2.0), progress=False)
+    assert PG.TRACES["chunk"] > before  # a different closure value is a different program
+    np.testing.assert_allclose(double, 2 * first, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,3 +620,41 @@ def test_changed_grid_or_model_refuses_to_resume(rot, tmp_path):
         sw.sweep((cfg, other_params), corrupt, grid, logit_diff, **kw)
     with pytest.raises(ValueError, match="changed: metric"):
         sw.sweep(rot, corrupt, grid, lambda out: out.logits(-1, 2).mean(), **kw)
+
+
+_OFFSET = 0.0  # read by _offset_metric: a module global the metric reaches
+
+
+def _offset_metric(out):
+    return logit_diff(out) + _OFFSET
+
+
+def _helper(out):
+    return logit_diff(out)
+
+
+def test_resume_refuses_a_metric_whose_globals_or_helpers_changed(rot, tmp_path, monkeypatch):
+    """The stored fingerprint covers what the metric reaches: a module global it reads, or a helper
+    it calls, changed between two runs on one checkpoint dir is refused before compute (not the
+    stale result)."""
+    cfg, params = rot
+    toks = tokens(cfg, seed=7)
+    grid = sw.product(layer=np.arange(3), coeff=np.array([0.5, 1.0], np.float32)).build(
+        lambda a: Add("resid_pre", layer=a.layer, vector=vec(32, 13), coeff=a.coeff))
+    kw = dict(progress=False)
+    module = sys.modules[__name__]
+    ref = sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "a", **kw)
+    np.testing.assert_array_equal(sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "a", **kw), ref)
+    monkeypatch.setattr(module, "_OFFSET", 17.9)
+    before = dict(PG.TRACES)
+    with pytest.raises(ValueError, match=r"holds a different sweep \(changed: metric\)"):
+        sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "a", **kw)
+    assert PG.TRACES == before
+    fresh = sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "b", **kw)
+    np.testing.assert_allclose(fresh, ref + 17.9, rtol=1e-6)
+    # a helper the metric calls, changed behind the same name
+    call_helper = lambda out: _helper(out)  # noqa: E731
+    sw.sweep(rot, toks, grid, call_helper, checkpoint_dir=tmp_path / "c", **kw)
+    monkeypatch.setattr(module, "_helper", lambda out: -logit_diff(out))
+    with pytest.raises(ValueError, match=r"changed: metric"):
+        sw.sweep(rot, toks, grid, call_helper, checkpoint_dir=tmp_path / "c", **kw)
