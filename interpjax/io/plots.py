@@ -1,4 +1,4 @@
-"""Small shared plotting helpers (matplotlib, Agg backend): annotated heatmaps with token labels,
+"""Small shared plotting helpers (matplotlib; the backend is the caller's): annotated heatmaps with token labels,
 written atomically so a killed run never leaves a half-written PNG."""
 
 from __future__ import annotations
@@ -38,10 +38,7 @@ def heatmap(values_RC, path, row_labels, col_labels, annotations_RC=None, title:
             ylabel: str = "") -> Path:
     """Heatmap of ``values_RC`` (row 0 drawn at the bottom) with row/column labels and optional
     per-cell text; saved as an image at ``path``. Label counts must match the array's shape."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the caller's backend (matplotlib picks Agg when headless)
 
     values = np.asarray(values_RC, dtype=np.float64)
     if values.ndim != 2:

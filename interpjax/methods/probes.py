@@ -15,6 +15,8 @@ acts on raw activations and its weight columns are directions in activation spac
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from functools import partial
 from pathlib import Path
@@ -261,7 +263,10 @@ def _eigh_one_at_a_time(G_BMM):
     blocks until its batch is done; two batched eighs running at once (e.g. the CV folds and the
     refit of a vmapped program) can thus occupy every pool thread with waiters and deadlock (seen on
     2 cores). Serial unbatched calls never wait on the pool, and each matrix gets the very same
-    LAPACK call whatever the number of layers, so all-layers and per-layer fits agree."""
+    LAPACK call whatever the number of layers, so all-layers and per-layer fits agree. Accelerators
+    take the batched call (the workaround is for jaxlib's CPU thread pool only)."""
+    if jax.default_backend() != "cpu":
+        return jnp.linalg.eigh(G_BMM)
     return jax.lax.map(jnp.linalg.eigh, G_BMM)
 
 
@@ -316,7 +321,10 @@ def _single_threaded_blas():
 
     XLA already runs the eigh calls on its own CPU thread pool; a multi-threaded OpenBLAS underneath
     oversubscribes the cores and its spinning workers slowed each ridge fit 2-4x on a loaded 2-core
-    machine. The limit is process-wide while the context is open and restored on exit."""
+    machine. The limit is process-wide while the context is open and restored on exit; on an
+    accelerator backend XLA does not run LAPACK on host threads, so nothing is limited there."""
+    if jax.default_backend() != "cpu":
+        return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
