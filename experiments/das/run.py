@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import price  # noqa: E402
 import price_text  # noqa: E402
 
-from interpjax import forward
+from interpjax import Model, forward
 from interpjax.methods.das import sample_interchange, take_rows, train_das_grid
 from interpjax.io.loading import model_label
 from interpjax.train import TrainConfig, Trainer, lm_loss
@@ -97,7 +97,7 @@ def das_search(cfg, params, sample_train, sample_test, tokens_of, label_tokens, 
         held, copy_baseline[name] = interchange_tokens(cm, m["n_test"], sample_test, tokens_of, rng,
                                                        with_baseline=True)
         t1 = time.time()
-        grid = train_das_grid(cfg, params, *train, label_tokens, site="resid_post", layers=layers, positions=positions,
+        grid = train_das_grid(Model(cfg, params), *train, label_tokens, site="resid_post", layers=layers, positions=positions,
                               steps=m["das_steps"], batch_size=m["das_batch"], lr=1e-2, temperature=(4.0, 0.1),
                               eval_data=held, seed=seed, eval_chunk=eval_chunk)
         times[name] = time.time() - t1

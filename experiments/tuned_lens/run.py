@@ -121,13 +121,13 @@ def main(argv=None):
     tc = TrainConfig(lr=hp["lr"], weight_decay=0.0, b1=0.9, b2=0.999, warmup_steps=max(hp["steps"] // 20, 1),
                      schedule="cosine", total_steps=hp["steps"], clip_norm=1.0, log_every=10,
                      ckpt_every=max(hp["steps"] // 4, 1), seed=0)
-    trainer = LZ.TunedLensTrainer(cfg, params, tc, workdir, name=args.model)
+    trainer = LZ.TunedLensTrainer(model, tc, workdir, name=args.model)
     resumed_from = trainer.step
     t_train = time.time()
     trainer.train(train_stream, hp["steps"], progress=not args.no_progress)
     train_s = time.time() - t_train
-    LZ.save_tuned_lens(trainer.lens, out / "lens")
-    lens = LZ.load_tuned_lens(out / "lens", cfg, params)  # what we evaluate is what was saved
+    LZ.save_tuned_lens(trainer.lens, out / "lens.safetensors")
+    lens = LZ.load_tuned_lens(out / "lens.safetensors", cfg, params)  # what we evaluate is what was saved
 
     # held-out evaluation: the handwritten corpus, and template stories from an unseen seed
     n = hp["eval_blocks"]

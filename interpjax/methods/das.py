@@ -11,14 +11,15 @@ intervention replaces those coordinates of the base run by the ones of source ru
 
     h' = R^T-rotate-back( (h R) * (1 - sum_k m_k) + sum_k m_k * (s_k R) )
 
-It is an interpjax ``Custom`` intervention fed with the source activations, so training (optax,
-cross-entropy of the model's answer against the causal model's counterfactual label) jits, and a
-whole layer x position grid of alignments trains at once under ``vmap``. Interchange intervention
-accuracy (IIA) is measured with hard (0/1) interval masks on held-out pairs.
+It is an interpjax ``Custom`` intervention fed with the source activations, so training (on the
+one ``interpjax.train.Trainer``: cross-entropy of the model's answer against the causal model's
+counterfactual label) jits, and a whole layer x position grid of alignments trains at once under
+``vmap``. Interchange intervention accuracy (IIA) is measured with hard (0/1) interval masks on
+held-out pairs.
 
     cm = CausalModel("left", variables_fn, output_fn, intervened=("left",))
     base, sources, labels = sample_interchange(cm, sample_fn, n, rng)
-    grid = train_das_grid(cfg, params, base_tokens, source_tokens, labels, label_tokens,
+    grid = train_das_grid(model, tokens, source_tokens, labels, class_tokens,
                           site="resid_post", layers=[0, 1], positions=[6, 8], steps=300, eval_data=...)
     grid.iia  # [layers, positions]
 """
@@ -32,12 +33,14 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ..core import model as M
 from ..core.config import Config
+from ..core.handle import require_model
+from ..core.inputs import check_layers, check_positions
 from ..core.interventions import Custom
 from ..core.sites import LAYER_SITES, feature_shape
+from ..train import TrainConfig, Trainer, check_train_tokens
 
 F32 = jnp.float32
 
@@ -226,44 +229,42 @@ class DASGrid:
         return jax.tree.map(lambda a: a[li, pi], self.params)
 
 
-def _check_grid_inputs(cfg, site, layers, positions, base_tokens, source_tokens, labels, label_tokens, steps,
-                       batch_size, temperature):
+def _check_grid_inputs(cfg, site, layers, positions, tokens, source_tokens, labels, class_tokens, steps, batch_size,
+                       temperature):
     if site not in LAYER_SITES or len(feature_shape(cfg, site)) != 1:
         valid = [s for s in LAYER_SITES if len(feature_shape(cfg, s)) == 1]
         raise ValueError(f"DAS needs a layer site with one feature axis; got {site!r}, valid: {valid}")
-    if not layers:
-        raise ValueError("no layers given")
-    bad = [l for l in layers if not 0 <= l < cfg.n_layers]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: valid layers are 0..{cfg.n_layers - 1}")
-    base_tokens = np.asarray(base_tokens)
-    if base_tokens.ndim != 2:
-        raise ValueError(f"base tokens must be [N, T], got shape {base_tokens.shape}")
-    n, t = base_tokens.shape
-    if not positions:
-        raise ValueError("no positions given")
-    badp = [p for p in positions if not -t <= p < t]
-    if badp:
-        raise ValueError(f"positions {badp} out of range: valid positions are {-t}..{t - 1}")
+    layers = check_layers(cfg, layers, allow_empty=False)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"base tokens must be [N, T], got shape {tokens.shape}")
+    n, t = tokens.shape
+    tokens = check_train_tokens(cfg, tokens)[0]
+    positions = tuple(int(p) for p in check_positions(np.asarray(positions), t))
     source_tokens = np.asarray(source_tokens)
     if source_tokens.ndim != 3 or source_tokens.shape[1:] != (n, t):
         raise ValueError(f"source tokens must be [K, N={n}, T={t}] (one source set per intervened variable), "
                          f"got shape {source_tokens.shape}")
+    source_tokens = check_train_tokens(cfg, source_tokens.reshape(-1, t))[0].reshape(source_tokens.shape)
     labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must be [N={n}], got shape {labels.shape}")
-    label_tokens = np.asarray(label_tokens)
-    if label_tokens.ndim != 1 or len(label_tokens) < 2:
-        raise ValueError(f"label_tokens must list >= 2 answer token ids (class c -> label_tokens[c]), got {label_tokens}")
-    if labels.min() < 0 or labels.max() >= len(label_tokens):
-        raise ValueError(f"labels must lie in 0..{len(label_tokens) - 1} (indices into label_tokens)")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not 1 <= batch_size:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if len(temperature) != 2 or not (temperature[0] > 0 and temperature[1] > 0):
-        raise ValueError(f"temperature must be (start > 0, end > 0), got {temperature}")
-    return base_tokens, source_tokens, labels, label_tokens
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer classes [N={n}], got {labels.dtype} shape {labels.shape}")
+    class_tokens = np.asarray(class_tokens)
+    if class_tokens.ndim != 1 or len(class_tokens) < 2 or not np.issubdtype(class_tokens.dtype, np.integer):
+        raise ValueError(f"class_tokens must list >= 2 answer token ids (class c -> class_tokens[c]), "
+                         f"got {class_tokens}")
+    if class_tokens.min() < 0 or class_tokens.max() >= cfg.vocab_size:
+        raise ValueError(f"class_tokens {class_tokens.tolist()} outside the vocabulary 0..{cfg.vocab_size - 1}")
+    if labels.min() < 0 or labels.max() >= len(class_tokens):
+        raise ValueError(f"labels must lie in 0..{len(class_tokens) - 1} (indices into class_tokens); got "
+                         f"{sorted(set(labels[(labels < 0) | (labels >= len(class_tokens))].tolist()))[:5]}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if len(temperature) != 2 or not all(np.isfinite(x) and x > 0 for x in temperature):
+        raise ValueError(f"temperature must be (start > 0, end > 0), finite; got {temperature}")
+    return layers, positions, tokens, source_tokens, labels.astype(np.int32), class_tokens.astype(np.int32)
 
 
 def _source_acts(cfg, params, source_tokens_KNT, site, layers, positions, chunk: int = 512):
@@ -282,87 +283,108 @@ def _source_acts(cfg, params, source_tokens_KNT, site, layers, positions, chunk:
     return jnp.transpose(acts.reshape(lc, k, n, pc, d), (0, 3, 1, 2, 4))
 
 
-def _cell_logits(cfg, params, site, das, layer, position, tokens_BT, src_KBD, mask_KD, label_tokens):
+def _cell_logits(cfg, params, site, das, layer, position, tokens_BT, src_KBD, mask_KD, class_tokens):
     iv = interchange_intervention(site, layer, position, rotation(das), mask_KD, src_KBD)
     # record the final residual and unembed only the last position's label columns: the full
     # [B, T, V] logits are dead code (a 50k vocabulary x every position would not fit per cell)
     _, rec = M.run(cfg, params, tokens_BT, jnp.ones(tokens_BT.shape, jnp.int32), None, (iv,), ("final",), ())
-    return M.unembed(cfg, params, rec["final"][:, -1]).astype(F32)[:, label_tokens]  # [B, C]
+    return M.unembed(cfg, params, rec["final"][:, -1]).astype(F32)[:, class_tokens]  # [B, C]
 
 
-def _cell_loss(cfg, site, d, params, das_c, layer, position, src_c, tokens_BT, y_B, label_tokens, temp):
+def _cell_loss(cfg, site, d, params, das_c, layer, position, src_c, tokens_BT, y_B, class_tokens, temp):
     mask = boundary_masks(das_c, d, temp)
-    lg = _cell_logits(cfg, params, site, das_c, layer, position, tokens_BT, src_c, mask, label_tokens)
+    lg = _cell_logits(cfg, params, site, das_c, layer, position, tokens_BT, src_c, mask, class_tokens)
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(lg), y_B[:, None], 1))
 
 
+@dataclass(frozen=True)
+class DASLoss:
+    """The DAS objective on the one Trainer: ``Partial(DASLoss(cfg, site, d), frozen)(das, batch,
+    key)`` sums every cell's cross-entropy on the batch rows ``batch["idx"]`` at temperature
+    ``batch["temp"]``. Cells are independent, so each cell's gradient is its own loss's (and Adam,
+    being elementwise, updates each cell as if trained alone). ``frozen``: the model params, the
+    cells' layers and positions, the source activations, the base tokens, labels and class_tokens."""
+
+    cfg: Config
+    site: str
+    d: int
+    loss_name = "loss"
+
+    def __call__(self, frozen, das, batch, key):
+        del key
+        idx, temp = batch["idx"], batch["temp"]
+        tokens, y = frozen["tokens"][idx], frozen["labels"][idx]
+
+        def cell(das_c, layer, position, src_c):
+            return _cell_loss(self.cfg, self.site, self.d, frozen["params"], das_c, layer, position, src_c[:, idx],
+                              tokens, y, frozen["class_tokens"], temp)
+
+        cell_loss = jax.vmap(cell)(das, frozen["layer"], frozen["position"], frozen["source"])
+        return jnp.sum(cell_loss), {"cell_loss": cell_loss}
+
+
+def das_train_config(steps: int, lr: float, seed: int = 0) -> TrainConfig:
+    """Adam (b2 = 0.999), constant ``lr``, no clipping or weight decay: the Boundless-DAS recipe."""
+    return TrainConfig(lr=lr, weight_decay=0.0, b1=0.9, b2=0.999, schedule="constant", total_steps=steps,
+                       clip_norm=None, log_every=max(steps // 20, 1), ckpt_every=steps, seed=seed, optimizer="adam")
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _grid_step(cfg, site, d, params, das, opt_state, layer_C, pos_C, src_CKND, base_NT, labels_N, label_tokens, idx,
-               temp, lr):
-    """One Adam step of every cell's alignment (vmapped over cells) on the batch rows ``idx``."""
-    opt = optax.adam(lr)
-    tokens, y = base_NT[idx], labels_N[idx]
-
-    def cell(das_c, opt_c, layer, position, src_c):
-        loss, g = jax.value_and_grad(lambda p: _cell_loss(cfg, site, d, params, p, layer, position, src_c[:, idx],
-                                                          tokens, y, label_tokens, temp))(das_c)
-        upd, opt_c = opt.update(g, opt_c, das_c)
-        return optax.apply_updates(das_c, upd), opt_c, loss
-
-    return jax.vmap(cell)(das, opt_state, layer_C, pos_C, src_CKND)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_CKBD, base_BT, y_B, label_tokens, valid_B):
+def _grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_CKBD, base_BT, y_B, class_tokens, valid_B):
     """Per cell, how many rows the hard-mask interchange answers with the counterfactual label."""
     def one(das_c, layer, position, src_c):
-        lg = _cell_logits(cfg, params, site, das_c, layer, position, base_BT, src_c, hard_masks(das_c, d), label_tokens)
+        lg = _cell_logits(cfg, params, site, das_c, layer, position, base_BT, src_c, hard_masks(das_c, d),
+                          class_tokens)
         return jnp.sum((jnp.argmax(lg, -1) == y_B) & valid_B)
 
     return jax.vmap(one)(das, layer_C, pos_C, src_CKBD)
 
 
-def train_das_grid(cfg: Config, params: dict, base_tokens, source_tokens, labels, label_tokens, *,
-                   site: str = "resid_post", layers: Sequence[int], positions: Sequence[int], steps: int = 300,
-                   batch_size: int = 64, lr: float = 1e-2, temperature=(4.0, 0.1), eval_data=None,
-                   seed: int = 0, init_width: float = 0.5, eval_chunk: int = 256) -> DASGrid:
-    """Train one Boundless-DAS alignment per (layer, position) at once (vmapped) on interchange
-    triples: ``base_tokens`` [N, T], ``source_tokens`` [K, N, T] (K = intervened variables),
-    ``labels`` [N] counterfactual classes, read as the model's logits over ``label_tokens`` at the
-    last position. Base and source prompts share one length without padding, and the source value
-    is taken at the same position as the base's. ``eval_data`` = (base, sources, labels) held out
-    for IIA (default: the training set).
-    The temperature is annealed log-linearly from ``temperature[0]`` to ``temperature[1]``."""
-    layers, positions = tuple(int(l) for l in layers), tuple(int(p) for p in positions)
-    base_tokens, source_tokens, labels, label_tokens = _check_grid_inputs(
-        cfg, site, layers, positions, base_tokens, source_tokens, labels, label_tokens, steps, batch_size, temperature)
+def train_das_grid(model, tokens, source_tokens, labels, class_tokens, *, site: str = "resid_post",
+                   layers: Sequence[int], positions: Sequence[int], steps: int = 300, batch_size: int = 64,
+                   lr: float = 1e-2, temperature=(4.0, 0.1), eval_data=None, seed: int = 0, init_width: float = 0.5,
+                   eval_chunk: int = 256, progress: bool = False) -> DASGrid:
+    """Train one Boundless-DAS alignment per (layer, position) of ``model`` (a ``Model``: ``.cfg``,
+    ``.params``) at once on the one ``Trainer``, on interchange triples: ``tokens`` [N, T] the base
+    prompts, ``source_tokens`` [K, N, T] (K = intervened variables), ``labels`` [N] counterfactual
+    classes, read as the model's logits over ``class_tokens`` (class c -> token ``class_tokens[c]``)
+    at the last position. Base and source prompts share one length without padding, and the source value
+    is taken at the same position as the base's. ``eval_data`` = (tokens, source_tokens, labels)
+    held out for IIA (default: the training set). Optimiser: Adam at ``lr`` (``das_train_config``);
+    the temperature is annealed log-linearly from ``temperature[0]`` to ``temperature[1]``. The
+    per-step losses stay on the device until training ends."""
+    require_model(model, "train_das_grid")
+    cfg, params = model.cfg, model.params
+    layers, positions, tokens, source_tokens, labels, class_tokens = _check_grid_inputs(
+        cfg, site, layers, positions, tokens, source_tokens, labels, class_tokens, steps, batch_size, temperature)
     if eval_data is None:
-        eval_data = (base_tokens, source_tokens, labels)
+        eval_data = (tokens, source_tokens, labels)
     ev_base, ev_src, ev_labels = _check_grid_inputs(
-        cfg, site, layers, positions, eval_data[0], eval_data[1], eval_data[2], label_tokens, steps, batch_size,
-        temperature)[:3]
-    if ev_src.shape[0] != source_tokens.shape[0] or ev_base.shape[1] != base_tokens.shape[1]:
+        cfg, site, layers, positions, eval_data[0], eval_data[1], eval_data[2], class_tokens, steps, batch_size,
+        temperature)[2:5]
+    if ev_src.shape[0] != source_tokens.shape[0] or ev_base.shape[1] != tokens.shape[1]:
         raise ValueError("eval_data must have the same number of sources and sequence length as the training data")
+    tc = das_train_config(int(steps), lr, seed)  # refuses a NaN / inf / negative lr before any compute
     k, n, _ = source_tokens.shape
     d = feature_shape(cfg, site)[0]
     lc, pc = len(layers), len(positions)
     c = lc * pc
     layer_C = jnp.repeat(jnp.asarray(layers), pc)
     pos_C = jnp.tile(jnp.asarray(positions), lc)
-    label_tokens = jnp.asarray(label_tokens)
+    class_tokens_j = jnp.asarray(class_tokens)
 
     src = _source_acts(cfg, params, source_tokens, site, layers, positions).reshape(c, k, n, d)
     das = jax.vmap(lambda key: init_das(key, d, k, init_width))(jax.random.split(jax.random.PRNGKey(seed), c))
-    opt_state = jax.vmap(optax.adam(lr).init)(das)
-    base_j, labels_j = jnp.asarray(base_tokens), jnp.asarray(labels)
+    frozen = {"params": params, "layer": layer_C, "position": pos_C, "source": src, "tokens": jnp.asarray(tokens),
+              "labels": jnp.asarray(labels), "class_tokens": class_tokens_j}
     rng = np.random.default_rng(seed)
-    temps = np.geomspace(temperature[0], temperature[1], steps)
-    losses = []
-    for s in range(steps):
-        idx = jnp.asarray(rng.choice(n, size=min(batch_size, n), replace=False))
-        das, opt_state, loss = _grid_step(cfg, site, d, params, das, opt_state, layer_C, pos_C, src, base_j, labels_j,
-                                          label_tokens, idx, jnp.float32(temps[s]), jnp.float32(lr))
-        losses.append(np.asarray(loss))
+    idx = [rng.choice(n, size=min(batch_size, n), replace=False) for _ in range(steps)]
+    temps = np.geomspace(temperature[0], temperature[1], steps).astype(np.float32)
+    trainer = Trainer(jax.tree_util.Partial(DASLoss(cfg, site, d), frozen), tc, None, trainable=das,
+                      data_parallel=False, desc="DAS")
+    trainer.train(lambda s: {"idx": idx[s], "temp": temps[s]}, steps, progress=progress, history=True)
+    das = trainer.trainable
+    losses = trainer.stacked_history()["cell_loss"]  # [steps, C]: one transfer at the end
 
     def accuracy(base_np, src_tok, labels_np):
         src_e = _source_acts(cfg, params, src_tok, site, layers, positions).reshape(c, k, len(labels_np), d)
@@ -371,13 +393,13 @@ def train_das_grid(cfg: Config, params: dict, base_tokens, source_tokens, labels
             rows = np.arange(i, i + eval_chunk) % len(labels_np)
             valid = jnp.asarray(np.arange(i, i + eval_chunk) < len(labels_np))
             total += np.asarray(_grid_correct(cfg, site, d, params, das, layer_C, pos_C, src_e[:, :, rows],
-                                              jnp.asarray(base_np[rows]), jnp.asarray(labels_np[rows]), label_tokens,
-                                              valid))
+                                              jnp.asarray(base_np[rows]), jnp.asarray(labels_np[rows]),
+                                              class_tokens_j, valid))
         return (total / len(labels_np)).reshape(lc, pc)
 
     iia = accuracy(ev_base, ev_src, ev_labels)
-    train_iia = accuracy(base_tokens, source_tokens, labels)
+    train_iia = accuracy(tokens, source_tokens, labels)
     widths = np.asarray(jax.vmap(lambda p: hard_masks(p, d).sum(-1))(das)).reshape(lc, pc, k)
     stacked = jax.tree.map(lambda a: a.reshape((lc, pc) + a.shape[1:]), das)
     return DASGrid(site=site, layers=layers, positions=positions, iia=iia, train_iia=train_iia, widths=widths,
-                   params=stacked, loss=np.stack(losses).reshape(steps, lc, pc))
+                   params=stacked, loss=losses.reshape(steps, lc, pc))

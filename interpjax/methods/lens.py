@@ -10,7 +10,7 @@ to minimise KL(final || lens) with the model frozen.
 
     lg = logit_lens(cfg, params, tokens)                       # [L+1, B, T, V]
     probs, ids = top_k(lg, 5)
-    trainer = TunedLensTrainer(cfg, params, TrainConfig(lr=1e-3, total_steps=500), "runs/tl", name=...)
+    trainer = TunedLensTrainer(model, TrainConfig(lr=1e-3, total_steps=500), "runs/tl")  # the one Trainer
     trainer.train(TokenStream(texts_fn, tokenizer, batch=8, seq=128), steps=500)
     tl = tuned_lens(trainer.lens, cfg, params, tokens)         # same rows, translated
 """
@@ -30,13 +30,15 @@ from typing import Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 
 from ..core import model as M
 from ..core.config import Config
-from ..io.artifacts import atomic_write_text
-from ..train.trainer import TrainConfig, make_optimizer, restore_latest
+from ..io.artifacts import ArtifactError, clean_stale_temps, temp_path
+from ..io.artifacts import model_fingerprint  # noqa: F401 (re-exported: lens_meta records it)
+from .result import Result
+from ..core.handle import require_model
+from ..train import TokenStream, TrainConfig, Trainer, check_train_tokens  # noqa: F401 (TokenStream re-exported)
 
 F32 = jnp.float32
 COLOR_BY = ("prob", "entropy")
@@ -196,8 +198,10 @@ class LensMeta:
     fingerprint: str
 
 
-def model_fingerprint(cfg: Config, params: dict) -> str:
-    """Short hash of the config and of the final norm + first embedding rows (cheap for big models)."""
+def legacy_lens_fingerprint(cfg: Config, params: dict) -> str:
+    """The fingerprint tuned-lens folders of the older (orbax) layout recorded: a hash of the config,
+    the final norm and the first 16 embedding rows. Only for reading those folders; everything else
+    uses ``model_fingerprint`` (``io.artifacts``, re-exported here), which sees every weight."""
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
     for leaf in jax.tree.leaves(params.get("final_norm", {})) + [params["embed"]["tok"][:16]]:
         h.update(np.asarray(leaf, np.float32).tobytes())
@@ -211,8 +215,15 @@ def lens_meta(cfg: Config, params: dict, name: str = "") -> LensMeta:
 
 
 @struct.dataclass
-class TunedLens:
-    """Stacked affine translators: layer ``l`` maps ``x`` to ``x + x @ weight_LDD[l] + bias_LD[l]``."""
+class TunedLens(Result):
+    """Stacked affine translators: layer ``l`` maps ``x`` to ``x + x @ weight_LDD[l] + bias_LD[l]``.
+
+    A ``Result``: ``lens.save(path)`` writes one safetensors artifact (the translators as tensors,
+    ``meta`` as the model identity); ``TunedLens.load(path, model=(cfg, params))`` refuses a lens of
+    another model. Orbax holds only the training state (``TunedLensTrainer``'s checkpoints)."""
+
+    FORMAT = "interpjax.tuned_lens"
+    VERSION = 1
 
     weight_LDD: jax.Array
     bias_LD: jax.Array
@@ -220,6 +231,31 @@ class TunedLens:
 
     def arrays(self) -> dict:
         return {"weight": self.weight_LDD, "bias": self.bias_LD}
+
+    def artifact_identity(self) -> dict:
+        return dataclasses.asdict(self.meta)
+
+    def artifact_meta(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_artifact(cls, art) -> "TunedLens":
+        try:
+            meta = LensMeta(**(art.model or {}))
+        except TypeError as e:
+            raise ArtifactError(f"the model identity {art.model!r} is not a tuned-lens LensMeta ({e})") from None
+        L, D = meta.n_layers, meta.d_model
+        for name, want in (("weight_LDD", (L, D, D)), ("bias_LD", (L, D))):
+            if name not in art.arrays:
+                raise ArtifactError(f"missing tensor {name!r} (the file holds {sorted(art.arrays)})")
+            if art.arrays[name].shape != want:
+                raise ArtifactError(f"tensor {name!r} has shape {art.arrays[name].shape}; a lens for "
+                                    f"n_layers={L}, d_model={D} needs {want}")
+        return cls(jnp.asarray(art.arrays["weight_LDD"], F32), jnp.asarray(art.arrays["bias_LD"], F32), meta)
+
+    def check(self, model, what: str = "tuned lens") -> None:
+        cfg, params = (model.cfg, model.params) if hasattr(model, "cfg") else model
+        check_lens(self, cfg, params)
 
 
 def init_tuned_lens(cfg: Config, params: dict, name: str = "") -> TunedLens:
@@ -285,40 +321,67 @@ def kl_loss(arrays: dict, cfg: Config, params: dict, tokens_BT):
 
 
 def save_tuned_lens(lens: TunedLens, path) -> Path:
-    """Save arrays (orbax) and metadata (JSON) into folder ``path``, replacing it atomically."""
-    import orbax.checkpoint as ocp
+    """Write the lens as one safetensors artifact at ``path``, atomically (= ``lens.save(path)``).
+    A tuned-lens folder of the older orbax layout at ``path`` is replaced (only such a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        if not _is_legacy_lens_folder(path):
+            raise ValueError(f"{path} is a folder that is not an older tuned lens; save the lens to a file path")
+        clean_stale_temps(path)
+        aside = temp_path(path)
+        os.replace(path, aside)  # the old folder moves aside; removed once the new file is in place
+        try:
+            lens.save(path)
+        except BaseException:
+            os.replace(aside, path)
+            raise
+        shutil.rmtree(aside)
+        return path
+    return lens.save(path)
 
-    path = Path(path).resolve()
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp / "arrays", {k: np.asarray(v) for k, v in lens.arrays().items()})
-    atomic_write_text(tmp / "lens.json", json.dumps({"kind": "tuned_lens", **dataclasses.asdict(lens.meta)}, indent=1))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
-    return path
+
+def _is_legacy_lens_folder(path: Path) -> bool:
+    try:
+        return json.loads((path / "lens.json").read_text()).get("kind") == "tuned_lens" and \
+            set(p.name for p in path.iterdir()) <= {"lens.json", "arrays"}
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_tuned_lens(path, cfg: Config, params: dict) -> TunedLens:
-    """Load a lens saved by ``save_tuned_lens``; refuses (ValueError) a lens trained for another model."""
+    """Load a lens saved by ``save_tuned_lens`` (a safetensors artifact, or a folder of the older orbax
+    layout); refuses (ValueError) a lens trained for another model."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_legacy_lens_folder(path, cfg, params)
+    return TunedLens.load(path, model=(cfg, params))
+
+
+def _load_legacy_lens_folder(path: Path, cfg: Config, params: dict) -> TunedLens:
+    """A lens folder of the older layout (orbax ``arrays/`` + ``lens.json``), checked with the
+    fingerprint it recorded and returned with today's fingerprint (``lens.save(file)`` converts it)."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).resolve()
+    path = path.resolve()
     meta_file = path / "lens.json"
     if not meta_file.exists():
         raise ValueError(f"{path} is not a saved tuned lens (no lens.json)")
-    info = json.loads(meta_file.read_text())
-    if info.pop("kind", None) != "tuned_lens":
+    try:
+        info = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_file}: corrupt JSON ({e})") from None
+    if not isinstance(info, dict) or info.pop("kind", None) != "tuned_lens":
         raise ValueError(f"{meta_file} does not describe a tuned lens")
-    meta = LensMeta(**info)
+    try:
+        old = LensMeta(**info)
+    except TypeError as e:
+        raise ValueError(f"{meta_file}: not a tuned-lens description ({e})") from None
+    mine = lens_meta(cfg, params, old.model)
+    if (old.d_model, old.n_layers, old.vocab_size) == (mine.d_model, mine.n_layers, mine.vocab_size) and \
+            old.fingerprint == legacy_lens_fingerprint(cfg, params):
+        meta = mine  # verified with the fingerprint it recorded: carry today's from now on
+    else:
+        meta = old  # check_lens below refuses it, naming both fingerprints
     L, D = meta.n_layers, meta.d_model
     check_lens(TunedLens(jnp.zeros((L, D, D)), jnp.zeros((L, D)), meta), cfg, params)
     target = {"weight": jax.ShapeDtypeStruct((L, D, D), F32), "bias": jax.ShapeDtypeStruct((L, D), F32)}
@@ -328,153 +391,54 @@ def load_tuned_lens(path, cfg: Config, params: dict) -> TunedLens:
 
 
 # ---------------------------------------------------------------------------------------------
-# streaming text
+# training (through the one Trainer; the text stream lives in interpjax.train.data)
 
 
-class TokenStream:
-    """``stream(step)`` -> tokens [batch, seq]: texts from ``texts_fn()`` tokenized (BOS before each)
-    and packed end to end. Holds at most one block plus one text in memory; deterministic in
-    ``step`` (non-sequential access re-reads the stream), so a resumed run sees the same batches."""
+@dataclass(frozen=True)
+class LensLoss:
+    """The tuned-lens objective on the one Trainer: ``Partial(LensLoss(cfg), params)(arrays, batch,
+    key)`` is KL(final || lens) on ``batch["tokens"]``; the model's params are a frozen argument."""
 
-    def __init__(self, texts_fn: Callable[[], Iterable[str]], tokenizer, batch: int, seq: int):
-        if not callable(texts_fn):
-            raise ValueError("texts_fn must be a function returning a fresh iterable of texts")
-        if batch < 1 or seq < 2:
-            raise ValueError(f"batch must be >= 1 and seq >= 2; got batch={batch}, seq={seq}")
-        self.texts_fn, self.tokenizer, self.batch, self.seq = texts_fn, tokenizer, batch, seq
-        self._restart()
+    cfg: Config
+    loss_name = "kl"
 
-    def _restart(self):
-        self._texts, self._buf, self._next = iter(self.texts_fn()), [], 0
+    def __call__(self, params, arrays, batch, key):
+        del key
+        return kl_loss(arrays, self.cfg, params, batch["tokens"]), {}
 
-    def _ids(self, text: str) -> list[int]:
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        bos = self.tokenizer.bos_token_id
-        return ids if bos is None or ids[:1] == [bos] else [bos] + ids
-
-    def _take(self) -> np.ndarray:
-        need = self.batch * self.seq
-        while len(self._buf) < need:
-            try:
-                self._buf.extend(self._ids(next(self._texts)))
-            except StopIteration:
-                raise ValueError(f"the text stream ran out after {self._next} full batches of "
-                                 f"{self.batch}x{self.seq} tokens") from None
-        block, self._buf = self._buf[:need], self._buf[need:]
-        self._next += 1
-        return np.asarray(block, np.int32).reshape(self.batch, self.seq)
-
-    def __call__(self, step: int) -> np.ndarray:
-        if step < 0:
-            raise ValueError(f"step must be >= 0; got {step}")
-        if step < self._next:
-            self._restart()
-        while self._next < step:
-            self._take()
-        return self._take()
+    def check_batch(self, batch) -> dict:
+        """Token batches [B, T] (or ``{"tokens": ...}``) checked on the host before compute."""
+        tokens = batch["tokens"] if isinstance(batch, dict) else batch
+        return {"tokens": check_train_tokens(self.cfg, tokens)[0]}
 
 
-# ---------------------------------------------------------------------------------------------
-# training
+class TunedLensTrainer(Trainer):
+    """Trains all translators of a tuned lens for ``model`` (a ``Model``: ``.cfg``, ``.params``, frozen)
+    on the one ``Trainer``: optax per ``TrainConfig`` (optimizer, lr, schedule, weight decay,
+    clipping), orbax checkpoints in ``workdir``; a new trainer on the same workdir resumes from the
+    last checkpoint and continues exactly as an uninterrupted run. ``name`` (default ``model.name``)
+    is recorded in the lens; ``lens`` continues training a given lens."""
 
-
-@functools.lru_cache(maxsize=16)
-def make_lens_step(cfg: Config, tc: TrainConfig):
-    """(optimizer, jitted (arrays, opt_state, params, tokens) -> (arrays, opt_state, metrics)); the model
-    params are an input, never updated. Cached per (cfg, tc) so a resumed trainer reuses the compiled step."""
-    opt = make_optimizer(tc)
-
-    def step(arrays, opt_state, params, tokens):
-        loss, grads = jax.value_and_grad(kl_loss)(arrays, cfg, params, tokens)
-        updates, opt_state = opt.update(grads, opt_state, arrays)
-        return optax.apply_updates(arrays, updates), opt_state, {"kl": loss, "grad_norm": optax.global_norm(grads)}
-
-    return opt, jax.jit(step, donate_argnums=(0, 1))
-
-
-class TunedLensTrainer:
-    """Trains all translators at once over ``batch_fn(step)`` with optax (``TrainConfig``: lr, schedule,
-    weight decay, clipping) and periodic orbax checkpoints in ``workdir``; a new trainer on the same
-    workdir resumes from the last checkpoint and continues exactly as an uninterrupted run."""
-
-    def __init__(self, cfg: Config, params: dict, tc: TrainConfig, workdir, lens: TunedLens | None = None,
-                 name: str = ""):
-        import orbax.checkpoint as ocp
-
-        self.cfg, self.params, self.tc = cfg, params, tc
+    def __init__(self, model, tc: TrainConfig, workdir, *, lens: TunedLens | None = None, name: str | None = None,
+                 keep_checkpoints: int | None = 2):
+        require_model(model, "TunedLensTrainer")
+        cfg, params = model.cfg, model.params
+        name = model.name if name is None else name
         lens = lens if lens is not None else init_tuned_lens(cfg, params, name)
         check_lens(lens, cfg, params)
         self.meta = lens.meta
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        run = {"lens": dataclasses.asdict(self.meta), "train": dataclasses.asdict(tc)}
-        run_path = self.workdir / "run.json"
-        if run_path.exists():
-            if json.loads(run_path.read_text()) != json.loads(json.dumps(run)):
-                raise ValueError(f"{self.workdir} holds a tuned-lens run for another model or TrainConfig; "
-                                 f"use a new workdir or the same settings to resume")
-        else:
-            atomic_write_text(run_path, json.dumps(run, indent=1))
-        self.opt, self.step_fn = make_lens_step(cfg, tc)
-        self.arrays = {k: jnp.array(v, F32) for k, v in lens.arrays().items()}
-        self.opt_state = self.opt.init(self.arrays)
-        self.step = 0
-        self.ckpt = ocp.CheckpointManager(self.workdir.resolve() / "ckpt",
-                                          options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-        restored, latest = restore_latest(self.ckpt, {"arrays": self.arrays, "opt_state": self.opt_state})
-        if latest is not None:
-            self.arrays, self.opt_state, self.step = restored["arrays"], restored["opt_state"], latest
-            self._truncate_log(latest)
+        arrays = {k: jnp.asarray(v, F32) for k, v in lens.arrays().items()}
+        super().__init__(jax.tree_util.Partial(LensLoss(cfg), params), tc, workdir, trainable=arrays,
+                         info={"lens": dataclasses.asdict(self.meta)}, keep_checkpoints=keep_checkpoints,
+                         ckpt_key="arrays", desc="tuned lens")
+
+    @property
+    def arrays(self) -> dict:
+        return self.trainable
 
     @property
     def lens(self) -> TunedLens:
         return TunedLens(self.arrays["weight"], self.arrays["bias"], self.meta)
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "metrics.jsonl"
-
-    def _truncate_log(self, upto: int):
-        if self.log_path.exists():
-            keep = [l for l in self.log_path.read_text().splitlines() if l and json.loads(l)["step"] <= upto]
-            atomic_write_text(self.log_path, "".join(k + "\n" for k in keep))
-
-    def save(self):
-        import orbax.checkpoint as ocp
-
-        self.ckpt.save(self.step, args=ocp.args.StandardSave({"arrays": self.arrays, "opt_state": self.opt_state}),
-                       force=True)
-        self.ckpt.wait_until_finished()
-
-    def train(self, batch_fn: Callable[[int], np.ndarray], steps: int, progress: bool = True) -> dict:
-        """Train until ``steps`` total steps (checkpointing every ``tc.ckpt_every``); returns the last metrics."""
-        from tqdm.auto import tqdm
-
-        last = {}
-        bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="tuned lens")
-        with open(self.log_path, "a") as log:
-            while self.step < steps:
-                batch = batch_fn(self.step)
-                tokens = np.asarray(batch["tokens"] if isinstance(batch, dict) else batch)
-                if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-                    raise ValueError(f"batch_fn must return integer tokens [batch, seq]; got {tokens.dtype} "
-                                     f"{tokens.shape}")
-                if tokens.shape[1] > self.cfg.n_ctx or tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size:
-                    raise ValueError(f"batch of shape {tokens.shape} exceeds n_ctx={self.cfg.n_ctx} or has ids "
-                                     f"outside 0..{self.cfg.vocab_size - 1}")
-                self.arrays, self.opt_state, metrics = self.step_fn(self.arrays, self.opt_state, self.params,
-                                                                    jnp.asarray(tokens, jnp.int32))
-                self.step += 1
-                bar.update(1)
-                if self.step % self.tc.log_every == 0 or self.step == steps:
-                    last = {"step": self.step, **{k: float(v) for k, v in metrics.items()}}
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
-                    bar.set_postfix(kl=f"{last['kl']:.3f}")
-                if self.step % self.tc.ckpt_every == 0 or self.step == steps:
-                    self.save()
-        bar.close()
-        return last
 
 
 # ---------------------------------------------------------------------------------------------

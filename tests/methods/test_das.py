@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from interpjax import Config, Patch, forward
+from interpjax import Config, Model, Patch, forward
 from interpjax.methods.das import CausalModel, boundary_masks, counterfactual_labels, hard_masks, init_das, interchange_intervention, orthogonality_error, rotation, sample_interchange, train_das_grid
 from interpjax.train import init_params
 
@@ -78,7 +78,7 @@ def test_das_recovers_planted_variable_and_stays_orthogonal():
     cfg, params, _ = planted_model()
     train = interchange_data(CM_U, 1024, 0)
     held = interchange_data(CM_U, 512, 1)
-    grid = train_das_grid(cfg, params, *train, LABELS, site="resid_post", layers=[1], positions=[0, 1],
+    grid = train_das_grid(Model(cfg, params), *train, LABELS, site="resid_post", layers=[1], positions=[0, 1],
                           steps=250, batch_size=64, lr=2e-2, temperature=(2.0, 0.05), eval_data=held)
     assert grid.iia.shape == (1, 2)
     assert grid.iia[0, 1] > 0.95, grid.iia
@@ -141,17 +141,43 @@ def test_grid_input_errors():
     base, srcs, labels = interchange_data(CM_U, 16, 0)
     kw = dict(layers=[0], positions=[1], steps=1)
     with pytest.raises(ValueError, match="valid"):
-        train_das_grid(cfg, params, base, srcs, labels, LABELS, site="pattern", **kw)
+        train_das_grid(Model(cfg, params), base, srcs, labels, LABELS, site="pattern", **kw)
     with pytest.raises(ValueError, match="layers"):
-        train_das_grid(cfg, params, base, srcs, labels, LABELS, layers=[5], positions=[1], steps=1)
+        train_das_grid(Model(cfg, params), base, srcs, labels, LABELS, layers=[5], positions=[1], steps=1)
     with pytest.raises(ValueError, match="positions"):
-        train_das_grid(cfg, params, base, srcs, labels, LABELS, layers=[0], positions=[2], steps=1)
+        train_das_grid(Model(cfg, params), base, srcs, labels, LABELS, layers=[0], positions=[2], steps=1)
     with pytest.raises(ValueError, match="source tokens"):
-        train_das_grid(cfg, params, base, srcs[0], labels, LABELS, **kw)
+        train_das_grid(Model(cfg, params), base, srcs[0], labels, LABELS, **kw)
     with pytest.raises(ValueError, match="labels must lie"):
-        train_das_grid(cfg, params, base, srcs, labels + 2, LABELS, **kw)
+        train_das_grid(Model(cfg, params), base, srcs, labels + 2, LABELS, **kw)
     with pytest.raises(ValueError, match="steps"):
-        train_das_grid(cfg, params, base, srcs, labels, LABELS, layers=[0], positions=[1], steps=0)
+        train_das_grid(Model(cfg, params), base, srcs, labels, LABELS, layers=[0], positions=[1], steps=0)
+    # nothing truncated or wrapped: float positions, float tokens, class tokens outside the vocabulary
+    with pytest.raises(ValueError, match=r"positions must be integer positions, got dtype float64 \(\[1.7\]\)"):
+        train_das_grid(Model(cfg, params), base, srcs, labels, LABELS, layers=[0], positions=[1.7], steps=1)
+    with pytest.raises(ValueError, match="got dtype float64"):
+        train_das_grid(Model(cfg, params), base.astype(np.float64), srcs, labels, LABELS, **kw)
+    with pytest.raises(ValueError, match=rf"class_tokens \[{4 * G}, {4 * G + 2}\] outside the vocabulary"):
+        train_das_grid(Model(cfg, params), base, srcs, labels, np.array([4 * G, 4 * G + 2]), **kw)
+    for lr in (np.nan, np.inf, -0.1):
+        with pytest.raises(ValueError, match=f"TrainConfig.lr must be a finite number >= 0.0; got {lr!r}"):
+            train_das_grid(Model(cfg, params), base, srcs, labels, LABELS, lr=lr, **kw)
+    with pytest.raises(TypeError, match=r"train_das_grid takes a Model first, got Config.*interpjax.Model\(cfg=cfg, params=params\)"):
+        train_das_grid(cfg, base, srcs, labels, LABELS, **kw)
+    with pytest.raises(TypeError, match="positional"):  # the old (cfg, params, ...) call
+        train_das_grid(cfg, params, base, srcs, labels, LABELS, **kw)
+
+
+def test_das_trains_through_the_one_trainer():
+    """A short grid run on the one Trainer: the per-step losses come back [steps, layers, positions]
+    (kept on device until the end), finite, and every cell's rotation stays orthogonal."""
+    cfg, params, _ = planted_model()
+    train = interchange_data(CM_U, 64, 0)
+    grid = train_das_grid(Model(cfg, params), *train, LABELS, site="resid_post", layers=[0, 1], positions=[0, 1],
+                          steps=6, batch_size=16, lr=2e-2)
+    assert grid.loss.shape == (6, 2, 2) and np.isfinite(grid.loss).all()
+    assert grid.iia.shape == grid.train_iia.shape == (2, 2) and grid.widths.shape == (2, 2, 1)
+    assert max(orthogonality_error(grid.cell(l, p)) for l in range(2) for p in range(2)) < 1e-5
 
 
 @pytest.mark.slow

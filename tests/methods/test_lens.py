@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, STORIES, needs_stories
 
+from interpjax import Model
 from interpjax.methods import lens as LZ
 from interpjax.train import TrainConfig
 
@@ -108,7 +109,7 @@ def test_training_lowers_kl_on_held_out_tokens(tiny_model, tmp_path):
     m, _ = tiny_model("llama")
     held = [_tokens(m.cfg, 4, 16, seed=9)]
     before = LZ.evaluate_lens(m.cfg, m.params, held, LZ.init_tuned_lens(m.cfg, m.params))
-    trainer = LZ.TunedLensTrainer(m.cfg, m.params, _tc(15, ckpt_every=100, schedule="constant"), tmp_path, name="tiny")
+    trainer = LZ.TunedLensTrainer(m, _tc(15, ckpt_every=100, schedule="constant"), tmp_path, name="tiny")
     trainer.train(_batch_fn(m.cfg), 15, progress=False)
     after = LZ.evaluate_lens(m.cfg, m.params, held, trainer.lens)
     L = m.cfg.n_layers
@@ -123,7 +124,7 @@ def test_training_lowers_kl_on_held_out_tokens(tiny_model, tmp_path):
 def test_resume_after_interruption_equals_uninterrupted(tiny_model, tmp_path):
     m, _ = tiny_model("llama")
     batches = _batch_fn(m.cfg)
-    ref = LZ.TunedLensTrainer(m.cfg, m.params, _tc(7), tmp_path / "ref")  # never interrupted
+    ref = LZ.TunedLensTrainer(m, _tc(7), tmp_path / "ref")  # never interrupted
     ref.train(batches, 7, progress=False)
 
     def dies_at_5(step):
@@ -131,18 +132,61 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_model, tmp_path):
             raise KeyboardInterrupt
         return batches(step)
 
-    first = LZ.TunedLensTrainer(m.cfg, m.params, _tc(7), tmp_path / "run")
+    first = LZ.TunedLensTrainer(m, _tc(7), tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
         first.train(dies_at_5, 7, progress=False)
-    resumed = LZ.TunedLensTrainer(m.cfg, m.params, _tc(7), tmp_path / "run")
+    resumed = LZ.TunedLensTrainer(m, _tc(7), tmp_path / "run")
     assert resumed.step == 4  # last checkpoint (every 2 steps); step 5's work is redone
     resumed.train(batches, 7, progress=False)
     for k in ("weight", "bias"):
         np.testing.assert_array_equal(np.asarray(resumed.arrays[k]), np.asarray(ref.arrays[k]))
     steps = [json.loads(x)["step"] for x in resumed.log_path.read_text().splitlines()]
     assert steps == list(range(1, 8))  # no duplicated or lost log lines
-    with pytest.raises(ValueError, match="another model or TrainConfig"):
-        LZ.TunedLensTrainer(m.cfg, m.params, _tc(7, lr=0.5), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"different model or TrainConfig \(train.lr: 0.01 -> 0.5"):
+        LZ.TunedLensTrainer(m, _tc(7, lr=0.5), tmp_path / "run")
+
+
+LENS_KILL = """
+import os, signal, sys
+import jax, numpy as np
+from interpjax import Model
+from interpjax.methods import lens as LZ
+from interpjax.testing import tiny_config
+from interpjax.train import TrainConfig, init_params
+cfg = tiny_config(vocab_size=32, n_ctx=16)
+model = Model(cfg, init_params(cfg, jax.random.PRNGKey(0)))
+tc = TrainConfig(lr=1e-2, weight_decay=0.0, total_steps=8, log_every=1, ckpt_every=3)
+trainer = LZ.TunedLensTrainer(model, tc, sys.argv[1])
+def batches(step):
+    if step == 5 and sys.argv[2] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return np.random.default_rng(step).integers(0, 32, (4, 12))
+trainer.train(batches, 8, progress=False)
+np.savez(sys.argv[1] + ".npz", **{k: np.asarray(v) for k, v in trainer.arrays.items()})
+"""
+
+
+def test_lens_resume_after_sigkill_is_bit_identical(tmp_path):
+    """A real SIGKILL of the tuned-lens trainer mid-run: the restarted run ends bit-identical to an
+    uninterrupted one, logs every step once, and leaves the same files (no litter)."""
+    script = tmp_path / "lens_kill.py"
+    script.write_text(LENS_KILL)
+    run = lambda d, how: subprocess.run([sys.executable, str(script), str(tmp_path / d), how], capture_output=True,
+                                        text=True, timeout=600)
+    assert run("k", "die").returncode == -9
+    for d in ("k", "r"):
+        out = run(d, "live")
+        assert out.returncode == 0, out.stderr[-3000:]
+    k, r = np.load(tmp_path / "k.npz"), np.load(tmp_path / "r.npz")
+    for name in ("weight", "bias"):
+        np.testing.assert_array_equal(k[name], r[name])
+    steps = [json.loads(x)["step"] for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    # the workdir and its checkpoint steps match; nothing temporary anywhere (orbax's files inside a
+    # step are named by random hashes and their number varies, so they are not compared)
+    files = lambda d: sorted(p.name for p in d.iterdir()) + sorted(p.name for p in (d / "ckpt").iterdir())
+    assert not [p for p in (tmp_path / "k").rglob("*") if "tmp" in p.name]
+    assert files(tmp_path / "k") == files(tmp_path / "r")
 
 
 def test_token_stream_is_deterministic_and_bounded(tiny_model):
@@ -190,7 +234,7 @@ def test_lens_for_another_model_is_refused(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="fingerprint differs"):
         LZ.evaluate_lens(llama.cfg, other, [tokens], lens)
     with pytest.raises(ValueError, match="fingerprint differs"):
-        LZ.TunedLensTrainer(llama.cfg, other, _tc(2), tmp_path / "t", lens=lens)
+        LZ.TunedLensTrainer(Model(llama.cfg, other), _tc(2), tmp_path / "t", lens=lens)
     with pytest.raises(ValueError, match="not a saved tuned lens"):
         LZ.load_tuned_lens(tmp_path, llama.cfg, llama.params)
 
@@ -209,10 +253,10 @@ def test_bad_inputs_raise_before_compute(tiny_model, tmp_path):
 
     with pytest.raises(ValueError, match="needs a causal decoder"):
         LZ.evaluate_lens(dataclasses.replace(m.cfg, causal=False), m.params, [_tokens(m.cfg)])
-    trainer = LZ.TunedLensTrainer(m.cfg, m.params, _tc(2), tmp_path / "t")
-    with pytest.raises(ValueError, match="exceeds n_ctx"):
+    trainer = LZ.TunedLensTrainer(m, _tc(2), tmp_path / "t")
+    with pytest.raises(ValueError, match=f"sequence length {m.cfg.n_ctx + 1} exceeds the model context n_ctx={m.cfg.n_ctx}"):
         trainer.train(lambda s: np.zeros((1, m.cfg.n_ctx + 1), np.int32), 2, progress=False)
-    with pytest.raises(ValueError, match=r"integer tokens \[batch, seq\]"):
+    with pytest.raises(ValueError, match=r"training tokens must be \[batch, seq\]; got shape \(4,\)"):
         trainer.train(lambda s: np.zeros((4,), np.int32), 2, progress=False)
 
 
@@ -255,5 +299,5 @@ def test_tuned_lens_experiment_quick_beats_logit_lens(tmp_path):
         "corpus": {"ppl": True, "kl": True}, "templates": {"ppl": True, "kl": True}}
     for s in ("corpus", "templates"):
         assert res["eval"][f"tuned/{s}"]["ppl"][-1] == res["eval"][f"logit/{s}"]["ppl"][-1]
-    for f in ("perplexity.png", "prediction_depth.png", "trajectory_tuned.png", "lens/lens.json"):
+    for f in ("perplexity.png", "prediction_depth.png", "trajectory_tuned.png", "lens.safetensors"):
         assert (tmp_path / "quick" / f).stat().st_size > 0
