@@ -833,7 +833,7 @@ def cmd_bigsteer(args) -> dict:
 
     import interpjax
     from interpjax import Add, Config, sweep as sw
-    from interpjax.train import trainer
+    from interpjax import train
 
     if args.layers < 0:
         raise SystemExit("--layers must be >= 0 (0: the shape's own layer count)")

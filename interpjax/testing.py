@@ -40,6 +40,30 @@ TINY = {
                                       vocab_size=101, sliding_window=5, head_dim=8)),
     "qwen2": ("Qwen2Config", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
                                   intermediate_size=48, max_position_embeddings=64, vocab_size=101)),
+    # Gemma 3: windows (4) shorter than the test sequences, local/global rope bases far apart,
+    # query_pre_attn_scalar != head_dim, untied head
+    "gemma3": ("Gemma3TextConfig", dict(num_hidden_layers=4, hidden_size=32, num_attention_heads=4,
+                                        num_key_value_heads=2, head_dim=8, intermediate_size=48,
+                                        max_position_embeddings=64, vocab_size=101, sliding_window=4,
+                                        query_pre_attn_scalar=16, tie_word_embeddings=False,
+                                        layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                                     "sliding_attention"],
+                                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                                         "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                            "rope_theta": 10000.0}})),
+    # Gemma 2: soft caps small enough to bite on O(1) logits, alternating local/global layers
+    "gemma2": ("Gemma2Config", dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=8, intermediate_size=48, max_position_embeddings=64, vocab_size=101,
+                                    sliding_window=4, query_pre_attn_scalar=8, attn_logit_softcapping=2.0,
+                                    final_logit_softcapping=3.0)),
+    "qwen3": ("Qwen3Config", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=16, intermediate_size=48, max_position_embeddings=64, vocab_size=101,
+                                  tie_word_embeddings=True)),
+    # Phi-3: fused qkv / gate_up, partial rotary, grouped-query attention, window 5 on every layer
+    "phi3": ("Phi3Config", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                intermediate_size=48, max_position_embeddings=64, vocab_size=101, sliding_window=5,
+                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                 "partial_rotary_factor": 0.5}, pad_token_id=0)),
 }
 
 # Encoders: name -> (HF config class, kwargs, transformers auto class: BertModel or BertForMaskedLM). Kept apart from TINY (whose
@@ -124,3 +148,55 @@ def minilm_folder():
 
     folder = Path(pkg.__file__).resolve().parent / "model"
     return folder if (folder / "config.json").exists() else None
+
+
+# GGUF architecture names of the HF families the GGUF reader takes
+GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+
+
+def save_tiny_gguf(model, path, qtype: str = "F32") -> None:
+    """Write a transformers causal LM as a GGUF file the way llama.cpp's converter lays it out
+    (q/k rows permuted for ``llama``, Gemma norms stored as 1 + w), 2-D weights as ``qtype``.
+    No tokenizer metadata: for loader tests against transformers reading the same file."""
+    import gguf
+
+    from .io.gguf import gguf_name, permute_for_llama_cpp
+
+    c = model.config
+    arch = GGUF_ARCHS[c.model_type]
+    w = gguf.GGUFWriter(str(path), arch)
+    H = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)
+    w.add_rope_freq_base(rope["rope_theta"])
+    if arch == "llama":
+        w.add_rope_dimension_count(H)
+    else:
+        w.add_key_length(H)
+        w.add_value_length(H)
+    if arch.startswith("gemma"):
+        w.add_sliding_window(c.sliding_window)
+    quant = getattr(gguf.GGMLQuantizationType, qtype)
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        a = t.detach().float().numpy()
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            a = permute_for_llama_cpp(a, c.num_attention_heads if "q_proj" in name else c.num_key_value_heads)
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            a = a + np.float32(1.0)
+        if a.ndim == 2 and quant != gguf.GGMLQuantizationType.F32:
+            w.add_tensor(gguf_name(arch, name), gguf.quants.quantize(a, quant), raw_dtype=quant)
+        else:
+            w.add_tensor(gguf_name(arch, name), np.ascontiguousarray(a, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

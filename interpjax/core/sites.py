@@ -38,22 +38,24 @@ HEAD_SITES = ("q", "k", "v", "z", "attn_scores", "pattern")
 ATTN_SITES = ("attn_scores", "pattern")  # [B, N, T, S]: positions are query positions T
 
 SITE_DOCS = {
-    "embed": "token (+ learned position) embedding: the input of layer 0",
+    "embed": "token (+ learned position) embedding, times embed_scale (Gemma: sqrt(d)): the input of layer 0",
     "resid_pre": "residual stream entering the layer",
-    "q": "queries after the projection (+bias), before rotary",
-    "k": "keys after the projection (+bias), before rotary (K kv heads)",
+    "q": "queries after the projection (+bias) and q-norm (Gemma 3, Qwen3), before rotary",
+    "k": "keys after the projection (+bias) and k-norm (Gemma 3, Qwen3), before rotary (K kv heads)",
     "v": "values after the projection (+bias) (K kv heads)",
-    "attn_scores": "scaled, masked attention logits before softmax",
+    "attn_scores": "scaled (soft-capped, Gemma 2), masked attention logits before softmax",
     "pattern": "attention probabilities after softmax",
     "z": "per-head attention outputs (pattern @ v), before the output projection",
-    "attn_out": "attention branch output after the output projection (+bias)",
+    "attn_out": ("attention branch output after the output projection (+bias) and, for sandwich-norm models "
+                 "(Gemma 2/3), after the post-attention norm: what the branch adds to the residual"),
     "resid_mid": "resid_pre + attn_out (post-norm encoders: ln1(resid_pre + attn_out))",
     "mlp_pre": "MLP pre-activation (the gate's, for gated MLPs)",
     "mlp_post": "MLP hidden activation (act(gate) * up for gated MLPs)",
-    "mlp_out": "MLP output after the down projection (+bias)",
+    "mlp_out": ("MLP output after the down projection (+bias) and, for sandwich-norm models (Gemma 2/3), after "
+                "the post-feedforward norm: what the branch adds to the residual"),
     "resid_post": "residual stream leaving the layer (post-norm encoders: after ln2)",
     "final": "residual after the final norm (the last resid_post for models without one)",
-    "logits": "unembedded logits (the final hidden states for encoders with head='none')",
+    "logits": "unembedded (soft-capped, Gemma 2) logits (the final hidden states for encoders with head='none')",
 }
 
 

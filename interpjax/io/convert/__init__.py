@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...core.config import Config
-from . import bert, gpt2, gpt_neo, gpt_neox, gptj, llama
+from . import bert, gemma, gpt2, gpt_neo, gpt_neox, gptj, llama, phi3, qwen3
 from .common import Weights
 
-FAMILIES: dict[str, ModuleType] = {t: m for m in (gpt2, gpt_neox, gptj, gpt_neo, llama, bert) for t in m.MODEL_TYPES}
+FAMILIES: dict[str, ModuleType] = {t: m for m in (gpt2, gpt_neox, gptj, gpt_neo, llama, bert, gemma, qwen3, phi3)
+                                   for t in m.MODEL_TYPES}
 SUPPORTED = tuple(sorted(FAMILIES))
 
 
@@ -36,11 +37,15 @@ def expected_shapes(cfg: Config) -> dict:
         attn.update(q_bias=(L, N, H), k_bias=(L, K, H), v_bias=(L, K, H))
     if cfg.o_bias:
         attn["o_bias"] = (L, D)
+    if cfg.qk_norm:
+        attn.update(q_norm={"scale": (L, H)}, k_norm={"scale": (L, H)})
     mlp = {"up": (L, D, F), "down": (L, F, D)}
     if cfg.mlp == "gated":
         mlp["gate"] = (L, D, F)
     if cfg.mlp_bias:
         mlp.update(up_bias=(L, F), down_bias=(L, D), **({"gate_bias": (L, F)} if cfg.mlp == "gated" else {}))
+    if cfg.sandwich_norm:
+        attn["post_norm"], mlp["post_norm"] = ln(), ln()
     layers = {"ln1": ln(), "attn": attn, "mlp": mlp}
     if not cfg.shared_norm:
         layers["ln2"] = ln()
@@ -89,15 +94,29 @@ def check_shapes(cfg: Config, params: dict, where: str = "params") -> None:
         raise ValueError("weights disagree with the config:\n  " + "\n  ".join(problems[:20]))
 
 
-def params_from_hf(cfg: Config, get, names, dtype=jnp.float32) -> dict:
-    """Build params from a name -> array getter, check shapes, cast to ``dtype`` as JAX arrays."""
+def params_from_hf(cfg: Config, get, names, dtype=jnp.float32, owned: bool = False) -> dict:
+    """Build params from a name -> array getter, check shapes, cast to ``dtype`` as JAX arrays.
+
+    ``owned``: the getter returns fresh arrays already in ``dtype`` (the GGUF reader); leaves are
+    then handed to JAX one at a time (without a copy where the backend allows) so loading never
+    holds two copies of the params."""
     mod = converter(cfg.family)
     w = Weights(get, names, mod.PREFIXES)
     p = mod.params_from_hf(w, cfg)
     check_shapes(cfg, p, "checkpoint")
     import jax
 
-    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a), dtype=dtype), p)
+    if not owned:
+        return jax.tree.map(lambda a: jnp.asarray(np.asarray(a), dtype=dtype), p)
+    leaves, tree = jax.tree.flatten(p)
+    del p
+    for i, a in enumerate(leaves):
+        a = np.asarray(a)
+        if a.dtype != jnp.dtype(dtype):
+            a = np.asarray(jnp.asarray(a, dtype=dtype))
+        leaves[i] = jax.device_put(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        del a
+    return jax.tree.unflatten(tree, leaves)
 
 
 def params_to_hf(cfg: Config, params: dict) -> dict:

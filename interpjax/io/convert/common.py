@@ -19,6 +19,9 @@ GENERIC_KEYS = frozenset(
         "_commit_hash", "classifier_dropout", "gradient_checkpointing", "max_length", "keys_to_ignore_at_inference",
     }
 )
+# Provenance and tokenizer metadata that some writers add (transformers' GGUF conversion writes the
+# first two into config.json): accepted and ignored, since they never change the computation.
+METADATA_KEYS = frozenset({"_model_name_or_path", "unk_token_id"})
 
 
 def check_fields(family: str, hf: Mapping, handled: set, must_equal: Mapping | None = None) -> None:
@@ -29,7 +32,7 @@ def check_fields(family: str, hf: Mapping, handled: set, must_equal: Mapping | N
     """
     must_equal = dict(must_equal or {})
     for key, value in hf.items():
-        if key in GENERIC_KEYS or key in handled:
+        if key in GENERIC_KEYS or key in METADATA_KEYS or key in handled:
             continue
         if key in must_equal:
             allowed = must_equal[key]
@@ -116,8 +119,28 @@ class Weights:
         )
 
     def stack(self, template: str, n: int, fn=lambda a: a) -> np.ndarray:
-        """Stack ``fn(weight)`` of layers 0..n-1 along a new leading layer axis."""
-        return np.stack([fn(self(template.format(i))) for i in range(n)])
+        """Stack ``fn(weight)`` of layers 0..n-1 along a new leading layer axis, filling one
+        preallocated (64-byte aligned) array layer by layer so only one layer's copy is extra."""
+        first = np.asarray(fn(self(template.format(0))))
+        out = aligned_empty((n,) + first.shape, first.dtype)
+        out[0] = first
+        del first
+        for i in range(1, n):
+            layer = np.asarray(fn(self(template.format(i))))
+            if layer.shape != out.shape[1:]:
+                raise ValueError(f"{template.format(i)}: shape {layer.shape} differs from layer 0's {out.shape[1:]}")
+            out[i] = layer
+        return out
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised array whose data is 64-byte aligned (so JAX's CPU backend can adopt it
+    without a copy)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def split_heads_out(w_OD: np.ndarray, n: int, h: int) -> np.ndarray:

@@ -23,7 +23,7 @@ def _windows(family: str, hf: dict, L: int) -> tuple:
     types = list(hf.get("layer_types") or ["full_attention"] * L)
     bad = sorted(set(types) - {"full_attention", "sliding_attention"})
     if bad or len(types) != L:
-        raise ValueError(f"qwen2: layer_types {types} not supported (full_attention/sliding_attention, one per layer)")
+        raise ValueError(f"{family}: layer_types {types} not supported (full_attention/sliding_attention, one per layer)")
     if "sliding_attention" not in types:
         return ()
     return tuple(int(hf["sliding_window"]) if t == "sliding_attention" else 0 for t in types)
