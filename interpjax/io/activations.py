@@ -25,6 +25,7 @@ import numpy as np
 
 from .artifacts import model_fingerprint
 from .loading import read_safetensors, write_safetensors
+from ..core import inputs
 from ..core.sites import ATTN_SITES, LAYER_SITES, SITES, feature_shape
 
 FORMAT = "interpjax.activations/1"
@@ -53,14 +54,14 @@ def _write_json(obj, path: Path) -> None:
 
 
 def _as_token_lists(model, data) -> tuple[list[np.ndarray], str]:
-    """The examples as a list of 1-D int32 arrays of real tokens, and the input kind: texts, 1-D token
-    sequences, a [N, T] int array, a (tokens, attention_mask) pair, or a list of such pairs."""
+    """The examples as a list of 1-D arrays of real tokens in the caller's own dtype (``_check_tokens``
+    checks and casts them), and the input kind: texts, 1-D token sequences, a [N, T] int array, a
+    (tokens, attention_mask) pair, or a list of such pairs."""
     if isinstance(data, str):
         raise ValueError("pass a list of texts, not one string")
     if isinstance(data, tuple) and len(data) == 2 and all(np.ndim(a) == 2 for a in data):
-        tokens, mask = np.asarray(data[0]), np.asarray(data[1])
-        if tokens.shape != mask.shape:
-            raise ValueError(f"tokens {tokens.shape} and attention mask {mask.shape} differ in shape")
+        tokens = np.asarray(data[0])
+        mask = np.asarray(inputs.check_mask(data[1], tokens.shape))  # 0 / 1 only
         kind = "tokens+mask"
     elif hasattr(data, "ndim") and np.ndim(data) == 2:
         tokens = np.asarray(data)
@@ -75,7 +76,7 @@ def _as_token_lists(model, data) -> tuple[list[np.ndarray], str]:
             out = []
             for i in range(0, len(data), 1024):  # pad per slice, not to the longest text overall
                 ids, mask = model.to_tokens(data[i:i + 1024])  # validates the texts
-                out += [ids[r][mask[r] > 0].astype(np.int32) for r in range(ids.shape[0])]
+                out += [ids[r][mask[r] > 0] for r in range(ids.shape[0])]
             return out, "texts"
         elif all(isinstance(t, tuple) and len(t) == 2 and all(np.ndim(a) == 2 for a in t) for t in data):
             seqs = []
@@ -83,11 +84,7 @@ def _as_token_lists(model, data) -> tuple[list[np.ndarray], str]:
                 seqs += _as_token_lists(model, batch)[0]
             return seqs, "token batches"
         elif all(np.ndim(t) == 1 for t in data):
-            seqs = [np.asarray(t) for t in data]
-            for s in seqs:
-                if s.size and not np.issubdtype(s.dtype, np.integer):
-                    raise ValueError(f"token sequences must be integer ids; got dtype {s.dtype}")
-            out = [s.astype(np.int32) for s in seqs]
+            out = [np.asarray(t) for t in data]
             empty = [i for i, s in enumerate(out) if s.size == 0]
             if empty:
                 raise ValueError(f"examples {empty[:5]} have no tokens")
@@ -95,25 +92,26 @@ def _as_token_lists(model, data) -> tuple[list[np.ndarray], str]:
         else:
             raise ValueError("data must be a list of texts, a list of 1-D token sequences, a [N, T] int array, "
                              "a (tokens [N, T], attention_mask [N, T]) tuple, or a list of such tuples")
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be integer ids; got dtype {tokens.dtype}")
     if tokens.shape[0] == 0:
         raise ValueError("no examples to collect")
-    out = [tokens[r][mask[r] > 0].astype(np.int32) for r in range(tokens.shape[0])]
+    out = [tokens[r][mask[r] > 0] for r in range(tokens.shape[0])]
     empty = [i for i, s in enumerate(out) if s.size == 0]
     if empty:
         raise ValueError(f"examples {empty[:5]} have no real tokens (attention mask all zero)")
     return out, kind
 
 
-def _check_tokens(cfg, seqs) -> None:
-    long = [i for i, s in enumerate(seqs) if len(s) > cfg.n_ctx]
-    if long:
-        raise ValueError(f"examples {long[:5]} are longer than the model context n_ctx={cfg.n_ctx}")
-    lo = min(int(s.min()) for s in seqs)
-    hi = max(int(s.max()) for s in seqs)
-    if lo < 0 or hi >= cfg.vocab_size:
-        raise ValueError(f"token ids outside the vocabulary 0..{cfg.vocab_size - 1} (saw {lo}..{hi})")
+def _check_tokens(cfg, seqs) -> list[np.ndarray]:
+    """Each example's real tokens checked by ``core.inputs.check_tokens`` in the caller's dtype
+    (integer ids inside the vocabulary, at most n_ctx of them) before the int32 cast; the error
+    names the example."""
+    out = []
+    for i, s in enumerate(seqs):
+        try:
+            out.append(inputs.check_tokens(cfg, s[None])[0])
+        except ValueError as e:
+            raise ValueError(f"example {i}: {e}") from None
+    return out
 
 
 def _pad_batch(seqs, n_rows: int, n_ctx: int, pad_to: int = 8):
@@ -152,9 +150,7 @@ def _positions_for_batch(rule, seqs, first: int, tokens, mask):
         if not np.issubdtype(got.dtype, np.integer) or got.ndim not in (1, 2) or got.shape[0] != B:
             raise ValueError(f"the positions callable must return int indices [B] or [B, P] for a batch of B={B}; "
                              f"got {got.dtype} {got.shape}")
-        got = got.reshape(B, -1)
-        if (got < -T).any() or (got >= T).any():
-            raise ValueError(f"the positions callable returned indices outside the padded batch length T={T}")
+        got = inputs.check_positions(got.reshape(B, -1), T, name="indices from the positions callable")
         got = np.where(got < 0, got + T, got)
         rows_idx = np.repeat(np.arange(B)[:, None], got.shape[1], 1)
         if (mask[rows_idx, got] == 0).any():
@@ -165,12 +161,11 @@ def _positions_for_batch(rule, seqs, first: int, tokens, mask):
         sel = rule[first:first + B]
         own = []
         for r in range(B):
-            p = np.asarray(sel[r]).reshape(-1)
-            p = np.where(p < 0, p + lengths[r], p)
-            if (p < 0).any() or (p >= lengths[r]).any():
-                raise ValueError(f"positions {np.asarray(sel[r]).tolist()} out of range for example {first + r} "
-                                 f"with {lengths[r]} tokens")
-            own.append(p)
+            try:
+                p = inputs.check_positions(np.asarray(sel[r]).reshape(-1), int(lengths[r]))
+            except ValueError as e:
+                raise ValueError(f"example {first + r}: {e}") from None
+            own.append(np.where(p < 0, p + lengths[r], p))
     rows = np.concatenate([np.full(len(p), r) for r, p in enumerate(own)]).astype(np.int32)
     own_pos = np.concatenate(own).astype(np.int32)
     return rows, own_pos + offset[rows], own_pos
@@ -216,23 +211,15 @@ def _validate_request(cfg, sites, layers, dtype, batch_size, chunk_examples):
             raise ValueError(f"unknown or uncollectable site {s!r}{why}; valid sites: {', '.join(COLLECTABLE_SITES)}")
     if len(set(sites)) != len(sites):
         raise ValueError(f"sites {sites} contain duplicates")
-    if layers is None:
-        layers = list(range(cfg.n_layers))
-    else:
-        layers = [int(x) for x in np.atleast_1d(np.asarray(layers))]
-        bad = [x for x in layers if not 0 <= x < cfg.n_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range: valid layers are 0..{cfg.n_layers - 1}")
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"layers {layers} contain duplicates")
-        if not layers and any(s in LAYER_SITES for s in sites):
-            raise ValueError(f"layers is empty; pick layers from 0..{cfg.n_layers - 1} (or None for all)")
+    layers = list(inputs.check_layers(cfg, layers))  # None = all; integers only, in range, no duplicates
+    if not layers and any(s in LAYER_SITES for s in sites):
+        raise ValueError(f"layers is empty; pick layers from 0..{cfg.n_layers - 1} (or None for all)")
     if not any(s in LAYER_SITES for s in sites):
         layers = []
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; choose one of {DTYPES}")
     for name, v in (("batch_size", batch_size), ("chunk_examples", chunk_examples)):
-        if int(v) != v or v < 1:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer; got {v!r}")
     return sites, layers
 
@@ -296,7 +283,7 @@ def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch
     cfg = model.cfg
     sites, layers = _validate_request(cfg, sites, layers, dtype, batch_size, chunk_examples)
     seqs, kind = _as_token_lists(model, data)
-    _check_tokens(cfg, seqs)
+    seqs = _check_tokens(cfg, seqs)
     rule = _check_positions(positions, len(seqs))
     meta = _check_meta(meta, len(seqs))
     chunks = _plan(model, seqs, rule, int(batch_size), int(chunk_examples))  # resolves every position first
@@ -444,9 +431,10 @@ class ActivationDataset:
         if site not in self.sites:
             raise ValueError(f"site {site!r} was not collected; collected sites: {', '.join(self.sites)}")
         if site in LAYER_SITES:
-            if layer is not None and layer not in self.layers:
-                raise ValueError(f"layer {layer} was not collected; collected layers: {list(self.layers)}")
-            return None if layer is None else self.layers.index(layer)
+            if layer is not None and (isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer))
+                                      or layer not in self.layers):
+                raise ValueError(f"layer {layer!r} was not collected; collected layers: {list(self.layers)}")
+            return None if layer is None else self.layers.index(int(layer))
         if layer is not None:
             raise ValueError(f"site {site!r} has no layer axis; pass layer=None")
         return None

@@ -122,6 +122,27 @@ def _check_site_layers(cfg, site: str, layers):
     return inputs.check_layers(cfg, layers, allow_empty=False)
 
 
+def check_neurons(cfg, neurons, n_features: int, *, name: str = "neurons") -> np.ndarray:
+    """(layer, neuron) rows [K, 2] (or one row [2]) of integers, checked before any cast: layers
+    by ``core.inputs.check_layers``, neurons in 0..n_features-1. Returns int64 [K, 2]."""
+    n = np.asarray(neurons)
+    valid = f"valid rows are (layer in 0..{cfg.n_layers - 1}, neuron in 0..{n_features - 1})"
+    if n.size == 0:
+        return np.zeros((0, 2), np.int64)
+    if n.shape[-1:] != (2,) or n.ndim not in (1, 2):
+        raise ValueError(f"{name} must be (layer, neuron) rows [K, 2], got shape {n.shape}; {valid}")
+    n = n.reshape(-1, 2)
+    if n.dtype == np.bool_ or not np.issubdtype(n.dtype, np.integer):
+        raise ValueError(f"{name} must be integer (layer, neuron) rows, got dtype {n.dtype.name} "
+                         f"({n[:3].tolist()}); {valid}")
+    inputs.check_layers(cfg, n[:, 0], name=f"{name} layers", unique=False)
+    bad = n[:, 1][(n[:, 1] < 0) | (n[:, 1] >= n_features)]
+    if bad.size:
+        raise ValueError(f"{name} must be (layer in 0..{cfg.n_layers - 1}, neuron in 0..{n_features - 1}) rows; "
+                         f"got neuron indices {sorted(set(bad.tolist()))[:5]}")
+    return n.astype(np.int64)
+
+
 def _positions_B(positions, B: int, T: int) -> np.ndarray:
     """One position per prompt: an int for every prompt, or [B] ints."""
     shape = () if np.ndim(positions) == 0 else (B,)
@@ -226,9 +247,7 @@ def neuron_factors(model, neurons, factor: float, *, site: str = "mlp_post") -> 
     cfg = require_model(model, "neuron_factors").cfg
     _check_site_layers(cfg, site, None)
     F = feature_shape(cfg, site)[0]
-    n = np.asarray(neurons, np.int64).reshape(-1, 2)
-    if n.size and (n[:, 0].min() < 0 or n[:, 0].max() >= cfg.n_layers or n[:, 1].min() < 0 or n[:, 1].max() >= F):
-        raise ValueError(f"neurons must be (layer in 0..{cfg.n_layers - 1}, neuron in 0..{F - 1}) rows")
+    n = check_neurons(cfg, neurons, F)
     out = np.ones((cfg.n_layers, F), np.float32)
     out[n[:, 0], n[:, 1]] = factor
     return out
@@ -252,10 +271,11 @@ def matched_random_neurons(model, neurons, rng: np.random.Generator, *, site: st
                            exclude=None) -> np.ndarray:
     """As many random neurons of ``site`` in each layer as ``neurons`` [K, 2] has there (a control
     matched per layer), avoiding ``exclude`` (default: ``neurons`` themselves)."""
-    _check_site_layers(require_model(model, "matched_random_neurons").cfg, site, None)
-    n_neurons = feature_shape(model.cfg, site)[0]
-    n = np.asarray(neurons, np.int64).reshape(-1, 2)
-    ex = n if exclude is None else np.asarray(exclude, np.int64).reshape(-1, 2)
+    cfg = require_model(model, "matched_random_neurons").cfg
+    _check_site_layers(cfg, site, None)
+    n_neurons = feature_shape(cfg, site)[0]
+    n = check_neurons(cfg, neurons, n_neurons)
+    ex = n if exclude is None else check_neurons(cfg, exclude, n_neurons, name="exclude")
     out = []
     for layer in np.unique(n[:, 0]):
         count = int((n[:, 0] == layer).sum())

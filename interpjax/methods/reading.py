@@ -41,6 +41,10 @@ class ReadingVectors(Result):
     method: str
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if any(isinstance(l, (bool, np.bool_)) or not isinstance(l, (int, np.integer)) for l in self.layers):
+            raise ValueError(f"layers must be ints, got {list(self.layers)!r}")
+
     def scores(self, acts_LND) -> np.ndarray:
         """Scores [L, N] of activations [L, N, D] (one row per layer of ``self.layers``)."""
         acts = np.asarray(acts_LND, np.float32)
@@ -53,8 +57,8 @@ class ReadingVectors(Result):
     def steering(self, layer: int) -> SteeringVector:
         """The reading direction at ``layer`` as a steering vector, scaled so that coeff 1 is the mean
         positive-vs-negative gap along it."""
-        if layer not in self.layers:
-            raise ValueError(f"layer {layer} has no reading vector; layers: {list(self.layers)}")
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer not in self.layers:
+            raise ValueError(f"layer {layer!r} has no reading vector; layers (ints): {list(self.layers)}")
         i = self.layers.index(layer)
         gap = float(self.meta.get("mean_gap", [1.0] * len(self.layers))[i])
         meta = {k: v for k, v in self.meta.items() if k not in ("mean_gap", "train_pair_accuracy", "explained_variance")}
@@ -75,6 +79,10 @@ class ReadingVectors(Result):
 
     @classmethod
     def from_artifact(cls, art) -> "ReadingVectors":
+        layers = art.meta.get("layers")
+        if layers is not None and (not isinstance(layers, list)
+                                   or any(isinstance(l, bool) or not isinstance(l, int) for l in layers)):
+            raise ArtifactError(f"metadata field 'layers' must be a list of integers, got {layers!r}")
         rv = super().from_artifact(art)
         meta = {**(art.model or {}), **{k: v for k, v in rv.meta.items() if k not in IDENTITY_KEYS}}
         f32 = lambda a: np.array(a, np.float32)  # noqa: E731
@@ -108,6 +116,9 @@ def fit(pos_LND, neg_LND, layers, site: str = "resid_post", method: str = "pca",
     """Reading vectors from paired activations [L, N, D] (pure numerics: works on any arrays)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}; valid: {METHODS}")
+    layers = tuple(np.atleast_1d(np.asarray(layers, dtype=object)))
+    if any(isinstance(l, (bool, np.bool_)) or not isinstance(l, (int, np.integer)) for l in layers):
+        raise ValueError(f"layers must be ints (the model layers of the activations), got {list(layers)}")
     pos, neg = np.asarray(pos_LND, np.float32), np.asarray(neg_LND, np.float32)
     if pos.ndim != 3 or pos.shape != neg.shape or pos.shape[0] != len(layers):
         raise ValueError(f"paired activations must both be [L={len(layers)}, N, D]; got {pos.shape} and {neg.shape}")
@@ -138,8 +149,7 @@ def reading_vectors(model, positive, negative, layers=None, site: str = "resid_p
                     token: str = "last", seed: int = 0, label: str = "") -> ReadingVectors:
     """Reading vectors of a paired contrast set at every layer in ``layers`` (default all)."""
     positive, negative = check_contrast(positive, negative)
-    layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(int(l) for l in np.atleast_1d(layers))
-    check_site_layer(model, site, layers)
+    layers = check_site_layer(model, site, tuple(range(model.cfg.n_layers)) if layers is None else layers)
     if method not in METHODS:
         raise ValueError(f"method={method!r}; valid: {METHODS}")
     pos = activations_at(model, positive, site, layers, token)
@@ -223,8 +233,9 @@ def _colour(score: float, lim: float) -> str:
 def render_html(s: TokenScan, path, layers=None, title: str = "") -> Path:
     """Write a self-contained HTML page (inline CSS, no scripts or remote files): the text coloured
     by the mean score over ``layers`` (default all), then the full token x layer table."""
-    layers = list(s.layers) if layers is None else [int(l) for l in np.atleast_1d(layers)]
-    bad = [l for l in layers if l not in s.layers]
+    layers = list(s.layers) if layers is None else list(np.atleast_1d(np.asarray(layers, dtype=object)))
+    bad = [l for l in layers if isinstance(l, (bool, np.bool_)) or not isinstance(l, (int, np.integer))
+           or l not in s.layers]
     if bad:
         raise ValueError(f"layers {bad} were not scanned; scanned layers: {list(s.layers)}")
     cols = [s.layers.index(l) for l in layers]

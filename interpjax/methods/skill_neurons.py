@@ -28,6 +28,7 @@ from ..core.interventions import Add
 from ..core.sites import ATTN_SITES, LAYER_SITES, check_site, feature_shape
 from ..io.artifacts import ArtifactError
 from ..io.plots import save_drawing
+from .attribution import check_neurons
 from .result import Result
 
 
@@ -98,7 +99,9 @@ def predictivity(acts_NF, labels_N, n_classes: int | None = None) -> Predictivit
         raise ValueError("activations contain NaN or inf")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
-    C = int(labels.max()) + 1 if n_classes is None else n_classes
+    if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer))):
+        raise ValueError(f"n_classes must be an integer (or None: from the labels), got {n_classes!r}")
+    C = int(labels.max()) + 1 if n_classes is None else int(n_classes)
     if C < 2 or labels.min() < 0 or labels.max() >= C:
         raise ValueError(f"labels must lie in 0..{C - 1} with at least 2 classes; got {sorted(set(labels.tolist()))[:10]}")
     baseline = acts.mean(-2)
@@ -151,7 +154,8 @@ def random_neurons(model, k: int, *, site: str = "mlp_post", seed: int = 0, excl
     cfg = require_model(model, "random_neurons").cfg
     F = int(np.prod(feature_shape(cfg, site)))
     total = cfg.n_layers * F
-    banned = set() if exclude is None else {int(l) * F + int(i) for l, i in np.asarray(exclude).reshape(-1, 2)}
+    ex = np.zeros((0, 2), np.int64) if exclude is None else check_neurons(cfg, exclude, F, name="exclude")
+    banned = {int(l) * F + int(i) for l, i in ex}
     if k > total - len(banned):
         raise ValueError(f"cannot draw {k} random neurons from {total - len(banned)} available")
     pool = np.setdiff1d(np.arange(total), np.fromiter(banned, int, len(banned)))
@@ -167,12 +171,9 @@ def noise_interventions(model, neurons, std_LF, key, batch: int, seq: int, *, si
     _site(site)
     cfg = require_model(model, "noise_interventions").cfg
     dtype = M.compute_dtype(model.params) if dtype is None else dtype
-    neurons = np.asarray(neurons, np.int64).reshape(-1, 2)
     fshape = feature_shape(cfg, site)
     F = int(np.prod(fshape))
-    if neurons.size and (neurons[:, 0].min() < 0 or neurons[:, 0].max() >= cfg.n_layers
-                         or neurons[:, 1].min() < 0 or neurons[:, 1].max() >= F):
-        raise ValueError(f"neurons must be (layer in 0..{cfg.n_layers - 1}, neuron in 0..{F - 1}) rows")
+    neurons = check_neurons(cfg, neurons, F)
     std = np.asarray(std_LF)
     if std.shape != (cfg.n_layers, F):
         raise ValueError(f"std_LF must be [n_layers={cfg.n_layers}, {F}], got {std.shape}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import jax.numpy as jnp
 import numpy as np
 
+from ..core import inputs
 from ..core.interventions import Add
 from ..core.sites import LAYER_SITES
 from ..io.artifacts import IDENTITY_KEYS, ArtifactError, check_model, model_identity
@@ -36,14 +37,23 @@ VECTOR_SITES = tuple(s for s in LAYER_SITES if s not in ("q", "k", "v", "z", "at
 # activations of texts
 
 
-def check_site_layer(model, site: str, layer) -> None:
+def check_site_layer(model, site: str, layer) -> tuple[int, ...]:
+    """Refuse a site that cannot hold a [D] vector or layers that are not integer layers of
+    ``model`` (``core.inputs.check_layers``: bools and floats are refused, not rounded); ``layer``
+    is one int or a list of ints. Returns the layers as a tuple of ints."""
     if site not in VECTOR_SITES:
         raise ValueError(f"site {site!r} cannot hold a steering/reading vector; valid sites: {VECTOR_SITES}")
-    layers = np.atleast_1d(np.asarray(layer))
-    bad = [int(l) for l in layers if not 0 <= int(l) < model.cfg.n_layers]
-    if bad:
-        raise ValueError(f"layer {bad[0] if np.ndim(layer) == 0 else bad} out of range: valid layers are "
-                         f"0..{model.cfg.n_layers - 1}")
+    if layer is None:
+        raise ValueError(f"layer is None: name the layer(s); valid layers are 0..{model.cfg.n_layers - 1}")
+    return inputs.check_layers(model.cfg, layer, name="layer" if np.ndim(layer) == 0 else "layers",
+                               allow_empty=False)
+
+
+def check_one_layer(model, site: str, layer) -> int:
+    """One integer layer of ``model`` at a vector site (see ``check_site_layer``)."""
+    if np.ndim(layer) != 0:
+        raise ValueError(f"layer must be one int, got {layer!r}; valid layers are 0..{model.cfg.n_layers - 1}")
+    return check_site_layer(model, site, layer)[0]
 
 
 def check_contrast(positive, negative) -> tuple[list[str], list[str]]:
@@ -63,11 +73,11 @@ def check_contrast(positive, negative) -> tuple[list[str], list[str]]:
 def activations_at(model, texts, site: str, layers, token: str = "last", batch_size: int = 32) -> np.ndarray:
     """Activations [L, N, D] of ``texts`` at ``site`` for ``layers``, in memory (``io.activations.collect``
     writes datasets to disk): the last real token's, or the mean over real tokens (``token='mean'``).
-    Batches are left-padded, positions skip the padding."""
+    Batches are left-padded, positions skip the padding. ``layers``: an int or a list of ints
+    (None = every layer)."""
     if token not in TOKEN_RULES:
         raise ValueError(f"token={token!r}; valid: {TOKEN_RULES}")
-    layers = [int(l) for l in np.atleast_1d(layers)]
-    check_site_layer(model, site, layers)
+    layers = list(check_site_layer(model, site, tuple(range(model.cfg.n_layers)) if layers is None else layers))
     out = []
     for i in range(0, len(texts), batch_size):
         chunk = list(texts[i:i + batch_size])
@@ -185,6 +195,10 @@ class SteeringVector(Result):
     method: str
     meta: dict = field(default_factory=dict)  # model identity, prompts, method details
 
+    def __post_init__(self):
+        if isinstance(self.layer, (bool, np.bool_)) or not isinstance(self.layer, (int, np.integer)):
+            raise ValueError(f"layer must be an int, got {self.layer!r}")
+
     # -- the artifact: the vector as a tensor; site, layer, method and meta (less the model identity) as JSON
 
     def artifact_identity(self) -> dict | None:
@@ -205,6 +219,8 @@ class SteeringVector(Result):
         for k in ("site", "layer", "method"):
             if m.get(k) is None:
                 raise ArtifactError(f"missing metadata field {k!r}")
+        if isinstance(m["layer"], bool) or not isinstance(m["layer"], int):
+            raise ArtifactError(f"metadata field 'layer' must be an integer, got {m['layer']!r}")
         meta = {**(art.model or {}), **{k: v for k, v in m.get("meta", {}).items() if k not in IDENTITY_KEYS}}
         vec = np.array(art.arrays["vector"], np.float32)
         if vec.ndim not in (1, 2) or (meta.get("d_model") is not None and vec.shape[-1] != meta["d_model"]):
@@ -220,7 +236,7 @@ class SteeringVector(Result):
         """Refuse this vector for ``model``: another model (fingerprint, widths), or a site, layer or
         width that does not fit it."""
         check_model(self.artifact_identity(), model, what)
-        check_site_layer(model, self.site, self.layer)
+        check_one_layer(model, self.site, self.layer)
         if np.shape(self.vector)[-1] != model.cfg.d_model:
             raise ValueError(f"{what} has width {np.shape(self.vector)[-1]}; the model's d_model is "
                              f"{model.cfg.d_model}")
@@ -246,16 +262,18 @@ class SteeringVector(Result):
         P, D = self.vector.shape
         if seq_len is None:
             raise ValueError(f"this [P={P}, D] vector is laid over the sequence: pass seq_len")
+        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+            raise ValueError(f"seq_len must be an integer >= 1, got {seq_len!r}")
         if positions is not None:
-            pos = np.asarray(positions)
-            if pos.shape != (P,):
-                raise ValueError(f"positions must be [{P}] (one per vector row), got shape {pos.shape}")
-            if pos.min() < 0 or pos.max() >= seq_len:
+            if np.shape(positions) != (P,):
+                raise ValueError(f"positions must be [{P}] (one per vector row), got shape {np.shape(positions)}")
+            pos = inputs.check_positions(positions, seq_len, shape=(P,))
+            if pos.min() < 0:
                 raise ValueError(f"positions {pos.tolist()} out of range 0..{seq_len - 1}")
             full = np.zeros((seq_len, D), np.float32)
             full[pos] = self.vector
             return Add(self.site, layer=self.layer, vector=jnp.asarray(full, dtype), coeff=coeff, positions=jnp.asarray(pos))
-        starts = np.atleast_1d(np.asarray(start))
+        starts = inputs.check_positions(np.atleast_1d(np.asarray(start)), seq_len, name="start")
         if starts.min() < 0 or starts.max() + P > seq_len:
             raise ValueError(f"a {P}-row vector from start {starts.tolist()} does not fit in seq_len={seq_len}")
         full = np.zeros((len(starts), seq_len, D), np.float32)
@@ -348,7 +366,7 @@ def actadd(model, positive: str, negative: str, layer: int, site: str = "resid_p
     Tokenized like prompts (the tokenizer's special tokens, e.g. BOS, included)."""
     if model.tokenizer is None:
         raise ValueError(f"model {model.name!r} has no tokenizer; ActAdd needs text prompts")
-    check_site_layer(model, site, layer)
+    layer = check_one_layer(model, site, layer)
     for name, text in (("positive", positive), ("negative", negative)):
         if not isinstance(text, str) or not content_ids(model, text):
             raise ValueError(f"the {name} prompt {text!r} tokenizes to nothing; use e.g. ' ' for a neutral side")
@@ -358,11 +376,11 @@ def actadd(model, positive: str, negative: str, layer: int, site: str = "resid_p
     pad = pad_token(model)
     P = max(len(i) for i in ids)
     tokens = np.array([i + [pad] * (P - len(i)) for i in ids], np.int32)
-    _, cache = model.run_with_cache(tokens, sites=[site], layers=[int(layer)])
-    acts = np.asarray(cache[site, int(layer)], np.float32)  # [2, P, D]
+    _, cache = model.run_with_cache(tokens, sites=[site], layers=[layer])
+    acts = np.asarray(cache[site, layer], np.float32)  # [2, P, D]
     meta = {**model_identity(model), "prompts": {"positive": [positive], "negative": [negative]},
             "label": f"{positive!r}-{negative!r}", "pad_token": pad, "tokens": tokens.tolist()}
-    return SteeringVector(acts[0] - acts[1], site, int(layer), "actadd", meta)
+    return SteeringVector(acts[0] - acts[1], site, layer, "actadd", meta)
 
 
 def from_contrast(model, positive, negative, layer: int, site: str = "resid_pre", method: str = "mean_diff",
@@ -373,7 +391,7 @@ def from_contrast(model, positive, negative, layer: int, site: str = "resid_pre"
     if method not in ("mean_diff", "pca"):
         raise ValueError(f"method={method!r}; valid: ('mean_diff', 'pca')")
     positive, negative = check_contrast(positive, negative)
-    check_site_layer(model, site, layer)
+    layer = check_one_layer(model, site, layer)
     pos = activations_at(model, positive, site, [layer], token)[0]
     neg = activations_at(model, negative, site, [layer], token)[0]
     info = {}
@@ -384,4 +402,4 @@ def from_contrast(model, positive, negative, layer: int, site: str = "resid_pre"
         vec = unit * info["mean_gap"]
     meta = {**model_identity(model), "prompts": {"positive": positive, "negative": negative}, "token": token,
             "label": label or method, **info}
-    return SteeringVector(np.asarray(vec, np.float32), site, int(layer), method, meta)
+    return SteeringVector(np.asarray(vec, np.float32), site, layer, method, meta)

@@ -84,6 +84,11 @@ class World:
         markers_HW = markers_raw.astype(np.int8)
         if np.any(markers_HW[walls_HW] != 0):
             raise ValueError("walls cannot hold markers")
+        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
+        if len(tuple(self.robot_rc)) != 2 or not all(is_int(x) for x in self.robot_rc):
+            raise ValueError(f"robot_rc must be two integers (row, column), got {self.robot_rc!r}")
+        if not is_int(self.facing):
+            raise ValueError(f"facing must be an integer 0..3, got {self.facing!r}")
         r, c = (int(x) for x in self.robot_rc)
         H, W = walls_HW.shape
         if not (0 <= r < H and 0 <= c < W):

@@ -120,9 +120,7 @@ MOVE_TO_TOKEN, TOKEN_TO_MOVE = _build_token_tables()
 
 def encode(moves) -> np.ndarray:
     """Moves (squares, -1 = padding; any shape) -> LM tokens (1..60, 0 = padding), int64."""
-    moves_A = np.asarray(moves, dtype=np.int64)
-    if moves_A.size and (moves_A.min() < -1 or moves_A.max() >= NUM_SQUARES):
-        raise ValueError("moves must be squares 0..63 or -1 (padding)")
+    moves_A = _checked_ints(moves, -1, NUM_SQUARES - 1, "moves must be squares 0..63 or -1 (padding)")
     tokens_A = np.where(moves_A < 0, PAD_TOKEN, MOVE_TO_TOKEN[np.maximum(moves_A, 0)])
     if (tokens_A < 0).any():
         bad = sorted({int(m) for m in moves_A[tokens_A < 0]})
@@ -132,10 +130,22 @@ def encode(moves) -> np.ndarray:
 
 def decode(tokens) -> np.ndarray:
     """LM tokens (0..60; any shape) -> moves (squares 0..63, -1 for padding token 0), int64."""
-    tokens_A = np.asarray(tokens, dtype=np.int64)
-    if tokens_A.size and (tokens_A.min() < 0 or tokens_A.max() >= VOCAB_SIZE):
-        raise ValueError(f"tokens must be in 0..{VOCAB_SIZE - 1}")
+    tokens_A = _checked_ints(tokens, 0, VOCAB_SIZE - 1, f"tokens must be in 0..{VOCAB_SIZE - 1}")
     return TOKEN_TO_MOVE[tokens_A]
+
+
+def _checked_ints(values, lo: int, hi: int, what: str) -> np.ndarray:
+    """``values`` as int64 after checking, in the caller's own dtype, that they are integers in
+    lo..hi (floats are refused, not truncated; huge unsigned values do not wrap)."""
+    a = np.asarray(values)
+    if a.size == 0:
+        return a.astype(np.int64)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{what}; got dtype {a.dtype.name} ({sorted(set(a.ravel().tolist()))[:5]})")
+    bad = a[(a < lo) | (a > hi)]
+    if bad.size:
+        raise ValueError(f"{what}; got {sorted(set(bad.ravel().tolist()))[:5]}")
+    return a.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------

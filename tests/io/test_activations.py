@@ -164,7 +164,8 @@ def test_bad_requests_raise_before_compute(gpt2, seqs, tmp_path):
         (dict(sites=["resid_post"], layers=[]), "layers is empty"),
         (dict(sites=["resid_post"], positions="first"), "unknown positions rule 'first'"),
         (dict(sites=["resid_post"], positions=np.zeros(5, int)), "with N=13 examples"),
-        (dict(sites=["resid_post"], positions=np.full(13, 3)), "out of range for example"),
+        (dict(sites=["resid_post"], positions=np.full(13, 3)),
+         r"example \d+: positions \[3\] out of range for 3 tokens: valid positions are -3..2"),
         (dict(sites=["resid_post"], positions=lambda t, m: np.zeros(len(t), int)), "padding position"),
         (dict(sites=["resid_post"], meta={"y": np.arange(4)}), "one entry per example"),
         (dict(sites=["resid_post"], meta={"name": np.array(["a"] * 13)}), "must be numeric"),
@@ -174,7 +175,7 @@ def test_bad_requests_raise_before_compute(gpt2, seqs, tmp_path):
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
             collect(gpt2, seqs, out_dir=out, **kw)
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+    with pytest.raises(ValueError, match=r"example 0: token ids \[500\] outside the vocabulary 0..100"):
         collect(gpt2, [np.array([1, 2, 500])], sites=["resid_post"], out_dir=out)
     with pytest.raises(ValueError, match="no real tokens"):
         collect(gpt2, (np.ones((2, 4), int), np.array([[1, 1, 1, 1], [0, 0, 0, 0]])), sites=["embed"], out_dir=out)
@@ -188,6 +189,53 @@ def test_bad_requests_raise_before_compute(gpt2, seqs, tmp_path):
         ds.load("resid_post", layer=2)
     with pytest.raises(ValueError, match="no layer axis"):
         ds.load("final", layer=1)
+    for layer in (True, 1.0):  # equal to 1, but not a layer number: was read as layer 1
+        with pytest.raises(ValueError, match=rf"layer {layer!r} was not collected; collected layers: \[1\]"):
+            ds.load("resid_post", layer=layer)
+    assert ds.load("resid_post", layer=np.int64(1)).shape == (3, gpt2.cfg.d_model)
+
+
+def test_ids_masks_and_layers_checked_before_the_cast(gpt2, seqs, tmp_path, monkeypatch):
+    """core.inputs checks on the caller's values: int64 ids >= 2**32 used to be cast to int32 before
+    the vocabulary check (4294967301 became the valid id 5), mask values other than 0/1 were read
+    as real tokens (> 0) or padding, layers 1.7 / True became layer 1, batch_size=True became 1.
+    Each is a ValueError naming the value, raised before compute and before anything is written."""
+    from interpjax.core import model as M
+
+    def refuse(*a, **k):
+        raise AssertionError("compute started before the input was refused")
+
+    monkeypatch.setattr(M, "run_jit", refuse)
+    out = tmp_path / "never"
+    big = 2**32 + 5
+    wrapped = np.array([[1, 2, 3], [4, big, 6]], np.int64)
+    msg = rf"example 1: token ids \[{big}\] outside the vocabulary 0..100"
+    for data in ([np.array([1, 2]), wrapped[1]], wrapped, (wrapped, np.ones((2, 3), np.int64)),
+                 [(wrapped[:1], np.ones((1, 3))), (wrapped[1:], np.ones((1, 3)))]):
+        with pytest.raises(ValueError, match=msg):
+            collect(gpt2, data, sites=["embed"], out_dir=out)
+    for bad in (2.0, 0.5, -1.0):
+        mask = np.ones((2, 3))
+        mask[0, 0] = bad
+        with pytest.raises(ValueError, match=rf"attention_mask must hold only 0 \(padding\) and 1 \(real token\); "
+                                             rf"got values \[{bad}\]"):
+            collect(gpt2, (np.array([[1, 2, 3], [4, 5, 6]]), mask), sites=["embed"], out_dir=out)
+    with pytest.raises(ValueError, match=r"example 0: tokens must be integer ids, got dtype float64"):
+        collect(gpt2, [np.array([1.0, 2.5])], sites=["embed"], out_dir=out)
+    with pytest.raises(ValueError, match=r"example 0: sequence length 65 exceeds the model context n_ctx=64"):
+        collect(gpt2, [np.ones(65, np.int32)], sites=["embed"], out_dir=out)
+    for layers, shown in (([1.7], r"\[1\.7\] \(float\)"), (True, r"\[True\] \(bool\)"),
+                          (np.array([0.0, 1.0]), r"\[(np\.float64\()?0\.0\)?, (np\.float64\()?1\.0\)?\] \(float64\)")):
+        with pytest.raises(ValueError, match=rf"layers must be integers; got {shown}; valid layers are 0..2"):
+            collect(gpt2, seqs, sites=["resid_post"], layers=layers, out_dir=out)
+    with pytest.raises(ValueError, match=r"layers \[1, 1\] contain duplicates"):
+        collect(gpt2, seqs, sites=["resid_post"], layers=[1, 1], out_dir=out)
+    for v in (True, 2.0):
+        with pytest.raises(ValueError, match=rf"batch_size must be a positive integer; got {v!r}"):
+            collect(gpt2, seqs, sites=["embed"], batch_size=v, out_dir=out)
+    with pytest.raises(ValueError, match=r"indices from the positions callable \[99\] out of range for 16 tokens"):
+        collect(gpt2, seqs, sites=["embed"], positions=lambda t, m: np.full(len(t), 99), out_dir=out)
+    assert not out.exists()
 
 
 class CharTokenizer:

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from interpjax import Scale, forward
+from interpjax.core import model as M
+from interpjax.methods import attribution as attr_mod
+from interpjax.methods import skill_neurons as sn
 from interpjax.methods.attribution import (IGResult, answer_probs, integrated_gradients, knowledge_neurons,
                                            matched_random_neurons, neuron_effect, neuron_factors, path_points,
                                            scale_neurons)
@@ -113,6 +116,70 @@ def test_ig_per_prompt_positions_equal_single_prompt_runs(llama, tmp_path):
     with pytest.raises(ValueError, match="another model"):
         IGResult.load(tmp_path / "ig.safetensors", model=model.replace(params=jax.tree.map(lambda a: -a, model.params)))
     assert both.plot(tmp_path / "ig.png").stat().st_size > 0
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if the model would run: bad input must be refused before compute."""
+
+    def refuse(*a, **k):
+        raise AssertionError("compute started before the input was refused")
+
+    monkeypatch.setattr(M, "run_jit", refuse)
+    monkeypatch.setattr(attr_mod, "_ig_jit", refuse)
+
+
+def test_inputs_that_would_be_wrapped_or_rounded_are_refused_before_compute(llama, no_compute):
+    """core.inputs checks (the old ad-hoc ones cast first): int64 token ids >= 2**32 wrapped into
+    valid ids, mask value 2 counted as a real token, layers 1.7 / True read layer 1."""
+    model, answers = llama
+    wrapped = TOKENS.astype(np.int64)
+    wrapped[0, 2] = 2**32 + 3  # int32 would make it token 3
+    with pytest.raises(ValueError, match=r"token ids \[4294967299\] outside the vocabulary 0..100"):
+        integrated_gradients(model, wrapped, answers)
+    with pytest.raises(ValueError, match=r"token ids \[4294967299\] outside the vocabulary 0..100"):
+        answer_probs(model, wrapped, answers)
+    mask = np.ones(TOKENS.shape, np.int64)
+    mask[1, 0] = 2
+    with pytest.raises(ValueError, match=r"attention_mask must hold only 0 \(padding\) and 1 \(real token\); "
+                                         r"got values \[2\]"):
+        integrated_gradients(model, TOKENS, answers, attention_mask=mask)
+    for layers, msg in (([1.7], r"layers must be integers; got \[1\.7\] \(float\)"),
+                        (True, r"layers must be integers; got \[True\] \(bool\)"),
+                        ([], "layers is empty"), ([1, 1], r"layers \[1, 1\] contain duplicates")):
+        with pytest.raises(ValueError, match=msg):
+            integrated_gradients(model, TOKENS, answers, layers=layers)
+    with pytest.raises(ValueError, match=r"answers must lie in the vocabulary 0..100; got \[4294967297\]"):
+        integrated_gradients(model, TOKENS, np.array([1, 2**32 + 1], np.int64))
+    with pytest.raises(ValueError, match=r"answers must be integer token ids, got dtype float64"):
+        answer_probs(model, TOKENS, answers.astype(np.float64))
+
+
+def test_neuron_rows_are_integers_checked_before_the_cast(llama):
+    """(layer, neuron) rows were cast to int64 first: [[1.7, 3]] became (1, 3). Now refused, naming
+    the value, in attribution and in skill_neurons (one check_neurons)."""
+    import jax
+
+    model, _ = llama
+    F = model.cfg.d_mlp
+    assert attr_mod.check_neurons(model.cfg, [2, 5], F).tolist() == [[2, 5]]
+    assert attr_mod.check_neurons(model.cfg, [], F).shape == (0, 2)
+    with pytest.raises(ValueError, match=r"neurons must be integer \(layer, neuron\) rows, got dtype float64 "
+                                         r"\(\[\[1\.7, 3\.0\]\]\)"):
+        neuron_factors(model, [[1.7, 3]], 0.0)
+    with pytest.raises(ValueError, match=r"neurons layers \[3\] out of range: valid layers are 0..2"):
+        neuron_factors(model, [[3, 1]], 0.0)
+    with pytest.raises(ValueError, match=rf"neurons must be \(layer in 0..2, neuron in 0..{F - 1}\) rows; "
+                                         rf"got neuron indices \[-1, {F}\]"):
+        neuron_factors(model, [[0, -1], [1, F]], 0.0)
+    with pytest.raises(ValueError, match=r"must be \(layer, neuron\) rows \[K, 2\], got shape \(4,\)"):
+        neuron_factors(model, [0, 1, 2, 3], 0.0)
+    with pytest.raises(ValueError, match=r"exclude must be integer \(layer, neuron\) rows, got dtype float64"):
+        matched_random_neurons(model, [[0, 1]], np.random.default_rng(0), exclude=[[0.5, 2]])
+    with pytest.raises(ValueError, match=r"neurons must be integer \(layer, neuron\) rows"):
+        sn.noise_interventions(model, [[0.5, 3]], np.ones((3, F)), jax.random.key(0), 2, 6)
+    with pytest.raises(ValueError, match=r"exclude must be integer \(layer, neuron\) rows"):
+        sn.random_neurons(model, 2, exclude=[[0, 2.5]])
 
 
 def test_knowledge_neuron_filter():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import interpjax
+from interpjax.core import model as M
 from interpjax.methods import reading as rd
 
 from conftest import REPO, STORIES, needs_stories
@@ -46,6 +47,39 @@ def test_concept_separation_sees_clusters_and_not_noise():
     assert sep[0] == 1.0 and sep[1] < 0.7
     with pytest.raises(ValueError, match="at least two concepts"):
         rd.concept_separation({"a": clustered["c0"]})
+
+
+def test_layers_must_be_integers_not_rounded(tiny_model, monkeypatch, tmp_path):
+    """reading_vectors cast layers with int(): [1.5] / True read layer 1; ReadingVectors.steering(True)
+    and render_html(layers=[1.5]) matched layer 1 by equality. Each is now a ValueError naming the
+    value and the valid layers, before any compute."""
+
+    def refuse(*a, **k):
+        raise AssertionError("compute started before the input was refused")
+
+    monkeypatch.setattr(M, "run_jit", refuse)
+    m, _ = tiny_model("llama")  # 3 layers
+    valid = "; valid layers are 0..2"
+    for layers, msg in (([1.5], r"layers must be integers; got \[1\.5\] \(float\)" + valid),
+                        (True, r"layer must be integers; got \[True\] \(bool\)" + valid),
+                        ([0, 0], r"layers \[0, 0\] contain duplicates"),
+                        ([], "layers is empty" + valid), ([3], r"layers \[3\] out of range: valid layers are 0..2")):
+        with pytest.raises(ValueError, match=msg):
+            rd.reading_vectors(m, ["a"], ["b"], layers=layers)
+    rng = np.random.default_rng(0)
+    rv = rd.fit(rng.normal(size=(3, 6, 8)), rng.normal(size=(3, 6, 8)), [0, 1, 2])
+    assert rv.steering(1).layer == 1 and rv.steering(np.int64(2)).layer == 2
+    for bad in (True, 1.0, 7):
+        with pytest.raises(ValueError, match=rf"layer {bad!r} has no reading vector; layers \(ints\): \[0, 1, 2\]"):
+            rv.steering(bad)
+    with pytest.raises(ValueError, match=r"layers must be ints \(the model layers of the activations\), "
+                                         r"got \[0, 1\.5, 2\]"):
+        rd.fit(rng.normal(size=(3, 6, 8)), rng.normal(size=(3, 6, 8)), [0, 1.5, 2])
+    s = rd.TokenScan(["a", "b"], np.zeros((2, 3), np.float32), (0, 1, 2))
+    with pytest.raises(ValueError, match=r"layers \[1\.5\] were not scanned; scanned layers: \[0, 1, 2\]"):
+        rd.render_html(s, tmp_path / "s.html", layers=[1.5])
+    assert not (tmp_path / "s.html").exists()
+    assert rd.render_html(s, tmp_path / "s.html", layers=np.array([1])).exists()
 
 
 @pytest.fixture(scope="module")

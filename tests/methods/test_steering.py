@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import interpjax
+from interpjax.core import model as M
 from interpjax.methods import steering as st
 from interpjax.generate import generate, greedy
 from interpjax.io.artifacts import model_fingerprint
@@ -200,7 +201,7 @@ def test_bad_input_is_refused_before_compute(stories, tmp_path):
         st.actadd(m, "", " sad", layer=1)
     with pytest.raises(ValueError, match="tokenize identically"):
         st.actadd(m, " happy", " happy", layer=1)
-    with pytest.raises(ValueError, match=r"layer 9 out of range: valid layers are 0..4"):
+    with pytest.raises(ValueError, match=r"layer \[9\] out of range: valid layers are 0..4"):
         st.actadd(m, " happy", " sad", layer=9)
     with pytest.raises(ValueError, match="cannot hold a steering/reading vector; valid sites"):
         st.from_contrast(m, ["a"], ["b"], layer=1, site="pattern")
@@ -214,6 +215,68 @@ def test_bad_input_is_refused_before_compute(stories, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ValueError, match="not a readable interpjax artifact"):
         st.SteeringVector.load(tmp_path / "junk.safetensors")
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if the model would run: bad input must be refused before compute."""
+
+    def refuse(*a, **k):
+        raise AssertionError("compute started before the input was refused")
+
+    monkeypatch.setattr(M, "run_jit", refuse)
+
+
+VALID = "; valid layers are 0..2"
+NOT_INT_LAYERS = [  # (layer, message): int() would silently have read layer 1 (or 2)
+    (1.7, r"layer must be integers; got \[1\.7\] \(float\)" + VALID),
+    (True, r"layer must be integers; got \[True\] \(bool\)" + VALID),
+    ([1, 2.5], r"layers must be integers; got \[2\.5\] \(float\)" + VALID),
+    (np.array([1.0]), r"layers must be integers; got \[(np\.float64\()?1\.0\)?\] \(float64\)" + VALID),
+]
+
+
+@pytest.mark.parametrize("layer, msg", NOT_INT_LAYERS)
+def test_float_and_bool_layers_are_refused_not_rounded(tiny_model, no_compute, layer, msg):
+    """Layers go through core.inputs.check_layers: 1.7 / True / 2.5 were cast with int() before
+    (reading layer 1 / 2 silently); now a ValueError naming the value and the valid layers, before
+    any compute (no_compute would turn a run into an AssertionError)."""
+    m, _ = tiny_model("llama")  # 3 layers
+    with pytest.raises(ValueError, match=msg):
+        st.activations_at(m, ["a b"], "resid_pre", layer)
+    if np.ndim(layer) == 0:
+        with pytest.raises(ValueError, match=msg):
+            st.from_contrast(m, ["a"], ["b"], layer=layer)
+        with pytest.raises(ValueError, match=msg):
+            st.actadd(replace(m, tokenizer=object()), " a", " b", layer=layer)
+        with pytest.raises(ValueError, match=r"layer must be an int, got (True|1\.7)"):
+            st.SteeringVector(np.ones(m.cfg.d_model, np.float32), "resid_pre", layer, "mean_diff")
+    else:
+        with pytest.raises(ValueError, match=r"layer must be one int"):
+            st.from_contrast(m, ["a"], ["b"], layer=layer)
+
+
+def test_vector_positions_and_starts_must_be_integers():
+    """A [P, D] vector laid over the sequence: float positions / starts were used as indices
+    (IndexError after the checks) or truncated; now ValueErrors naming them."""
+    v = st.SteeringVector(np.ones((2, 8), np.float32), "resid_pre", 1, "actadd")
+    with pytest.raises(ValueError, match=r"positions must be integer positions, got dtype float64 \(\[0\.5, 1\.5\]\)"):
+        v.intervention(1.0, seq_len=4, positions=[0.5, 1.5])
+    with pytest.raises(ValueError, match=r"start must be integer positions, got dtype float64 \(\[1\.5\]\)"):
+        v.intervention(1.0, seq_len=4, start=1.5)
+    with pytest.raises(ValueError, match=r"positions \[-1, 0\] out of range 0..3"):
+        v.intervention(1.0, seq_len=4, positions=[-1, 0])
+    with pytest.raises(ValueError, match=r"seq_len must be an integer >= 1, got 4\.0"):
+        v.intervention(1.0, seq_len=4.0)
+    iv = v.intervention(2.0, seq_len=4, positions=np.array([1, 3], np.int64))
+    assert np.asarray(iv.positions).tolist() == [1, 3] and np.asarray(iv.vector)[[1, 3]].tolist() == [[1.0] * 8] * 2
+
+
+def test_a_saved_float_layer_is_refused(tmp_path):
+    path = old_layout_file(tmp_path / "f.safetensors", {"vector": np.ones(8)},
+                           {"format": "interpjax.steering/1", "site": "resid_pre", "layer": 1.7, "method": "mean_diff"})
+    with pytest.raises(ValueError, match=r"f.safetensors: metadata field 'layer' must be an integer, got 1\.7"):
+        st.SteeringVector.load(path)
 
 
 @needs_stories
