@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from ..core import inputs
 from ..core import model as M
 from ..core.interventions import ABLATE_KINDS, Ablate, Add, Patch
 from ..core.sites import LAYER_SITES, feature_shape
@@ -32,23 +33,21 @@ def token_labels(model, tokens_T) -> tuple:
 
 
 def _layers(cfg, layers):
-    ls = np.arange(cfg.n_layers) if layers is None else np.atleast_1d(np.asarray(layers))
-    bad = [int(l) for l in ls if not 0 <= l < cfg.n_layers]
-    if bad or ls.size == 0:
-        raise ValueError(f"layers {ls.tolist()} invalid: valid layers are 0..{cfg.n_layers - 1}")
-    return ls.astype(np.int32)
+    return np.asarray(inputs.check_layers(cfg, layers, allow_empty=False), np.int32)
 
 
 def _positions(T, positions):
-    ps = np.arange(T) if positions is None else np.atleast_1d(np.asarray(positions))
-    bad = [int(p) for p in ps if not -T <= p < T]
-    if bad or ps.size == 0:
-        raise ValueError(f"positions {ps.tolist()} invalid: valid positions are {-T}..{T - 1}")
+    ps = np.arange(T) if positions is None else inputs.check_positions(np.atleast_1d(positions), T)
     return np.where(ps < 0, ps + T, ps).astype(np.int32)
 
 
 def _heads(cfg, heads):
-    hs = np.arange(cfg.n_heads) if heads is None else np.atleast_1d(np.asarray(heads))
+    if heads is None:
+        return np.arange(cfg.n_heads, dtype=np.int32)
+    hs = np.atleast_1d(np.asarray(heads))
+    if hs.dtype == bool or not np.issubdtype(hs.dtype, np.integer):
+        raise ValueError(f"heads must be integers; got {hs.tolist()[:5]} (dtype {hs.dtype}); "
+                         f"valid heads are 0..{cfg.n_heads - 1}")
     bad = [int(h) for h in hs if not 0 <= h < cfg.n_heads]
     if bad or hs.size == 0:
         raise ValueError(f"heads {hs.tolist()} invalid: valid heads are 0..{cfg.n_heads - 1}")

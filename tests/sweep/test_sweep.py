@@ -559,6 +559,19 @@ def test_standard_sweeps_match_direct_grids_and_plot(rot, tmp_path):
         sw.ablation(rot, clean, logit_diff, kind="half")
 
 
+def test_standard_sweeps_refuse_float_and_bool_layers_positions_heads(rot):
+    """layers=[1.7] / True, positions=[2.5] and heads=[0.5] used to be cast to 1 / 1 / 2 / 0."""
+    cfg, _ = rot
+    clean, corrupt = tokens(cfg, seed=1), tokens(cfg, seed=2)
+    for kw, match in ((dict(layers=[1.7]), r"layers must be integers; got \[1.7\]"),
+                      (dict(layers=True), r"layers must be integers; got \[True\]"),
+                      (dict(positions=[2.5]), r"positions must be integer positions, got dtype float64 \(\[2.5\]\)")):
+        with pytest.raises(ValueError, match=match):
+            sw.patching(rot, clean, corrupt, logit_diff, **kw)
+    with pytest.raises(ValueError, match=r"heads must be integers; got \[0.5\]"):
+        sw.head_patching(rot, clean, corrupt, logit_diff, heads=[0.5])
+
+
 # ---------------------------------------------------------------------------------------------
 # resume after a real SIGKILL
 
