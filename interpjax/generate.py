@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .core import inputs
 from .core import interventions as ivmod
 from .core import model as M
 from .core.config import Config
@@ -255,12 +256,12 @@ def generate(cfg: Config, params: dict, prompt_BT, max_new_tokens: int, interven
         if not (m[:, -1] == 1).all() or (np.diff(m, axis=1) < 0).any():
             raise ValueError("attention_mask must be left padding (0s then 1s, last column real in every row): "
                              "generation continues from the last column")
-    stop_ids = tuple(int(t) for t in np.atleast_1d(np.asarray(stop_tokens if stop_tokens is not None else (), np.int64)))
+    stops = np.atleast_1d(np.asarray(() if stop_tokens is None else stop_tokens))  # checked before any cast
+    stop_ids = tuple(int(t) for t in inputs.check_token_ids(cfg, stops, stops.shape, name="stop_tokens")) \
+        if stops.size else ()
     if pad_token_id is None:
         pad_token_id = stop_ids[0] if stop_ids else 0
-    bad = [t for t in stop_ids + (int(pad_token_id),) if not 0 <= t < cfg.vocab_size]
-    if bad:
-        raise ValueError(f"stop/pad token ids {bad} outside the vocabulary 0..{cfg.vocab_size - 1}")
+    pad_token_id = int(inputs.check_token_ids(cfg, np.asarray([pad_token_id]), (1,), name="pad_token_id")[0])
     ivs = ivmod.compose(interventions) if interventions is not None else ()
     _check_generation_ivs(cfg, params, ivs, B, total, per_row)
     sampling = None if temperature == 0 else (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))

@@ -158,8 +158,14 @@ def test_generation_errors(tiny_model):
         generate(cfg, p, tokens, 4, temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="top_k must be in 0..101"):
         generate(cfg, p, tokens, 4, temperature=1.0, top_k=500)
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+    with pytest.raises(ValueError, match=r"stop_tokens must lie in the vocabulary 0..100; got \[101\]"):
         generate(cfg, p, tokens, 4, stop_tokens=[101])
+    for stops, match in (([3.7], r"stop_tokens must be integer token ids, got dtype float64"),
+                         (np.array([2**64 - 1], np.uint64), r"stop_tokens must lie in the vocabulary 0..100; got \[18446744073709551615\]")):
+        with pytest.raises(ValueError, match=match):  # used to be truncated to 3 / wrapped to -1
+            generate(cfg, p, tokens, 4, stop_tokens=stops)
+    with pytest.raises(ValueError, match=r"pad_token_id must be integer token ids, got dtype float64"):
+        generate(cfg, p, tokens, 4, stop_tokens=[3], pad_token_id=2.5)
     with pytest.raises(ValueError, match=r"positions \[20\] out of range"):  # validated at the full length 7 + 4
         generate(cfg, p, tokens, 4, Add("resid_pre", layer=0, vector=jnp.ones(cfg.d_model), positions=jnp.array([20])))
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1"):

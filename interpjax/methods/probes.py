@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from ..core import inputs
 from ..io.artifacts import ArtifactError
 from .result import Result
 
@@ -69,6 +70,8 @@ class Probe(Result):
         """The single-layer probe of layer index ``layer`` of an all-layers probe."""
         if self.n_layers is None:
             raise ValueError("this probe was fitted on one layer ([N, D]); it has no layer axis to index")
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
+            raise ValueError(f"layer must be an integer, got {layer!r}; this probe has layers 0..{self.n_layers - 1}")
         if not -self.n_layers <= int(layer) < self.n_layers:
             raise ValueError(f"layer {layer} out of range: this probe has layers 0..{self.n_layers - 1}")
         pick = lambda a: None if a is None else a[int(layer)]  # noqa: E731
@@ -620,8 +623,7 @@ def _cosines(W_DF, d_D):
 def neuron_cosines(cfg, params: dict, direction_D, layer: int) -> dict:
     """Cosines of a direction with each MLP neuron of ``layer``: "read" (input weights ``up``),
     "gate" (gated MLPs only) and "write" (output weights ``down``), each [F]."""
-    if not 0 <= int(layer) < cfg.n_layers:
-        raise ValueError(f"layer {layer} out of range: valid layers are 0..{cfg.n_layers - 1}")
+    (layer,) = inputs.check_layers(cfg, [layer], name="layer")
     d = jnp.asarray(direction_D, jnp.float32)
     if d.shape != (cfg.d_model,):
         raise ValueError(f"direction must have shape ({cfg.d_model},) = [d_model]; got {tuple(d.shape)}")

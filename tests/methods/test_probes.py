@@ -220,8 +220,10 @@ def test_neuron_cosines_find_planted_neurons():
     assert idx[0] == 11 and val[0] == pytest.approx(-1.0, abs=1e-5)
     other = P.neuron_cosines(cfg, params, d, layer=0)
     assert float(np.max(np.abs(other["read"]))) < 0.9
-    with pytest.raises(ValueError, match="layer 2 out of range"):
+    with pytest.raises(ValueError, match=r"layer \[2\] out of range: valid layers are 0..1"):
         P.neuron_cosines(cfg, params, d, layer=2)
+    with pytest.raises(ValueError, match=r"layer must be integers; got \[1.7\]"):  # was cast to layer 1
+        P.neuron_cosines(cfg, params, d, layer=1.7)
     with pytest.raises(ValueError, match="direction must have shape"):
         P.neuron_cosines(cfg, params, d[:5], layer=0)
 
