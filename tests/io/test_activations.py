@@ -128,33 +128,6 @@ def test_resume_after_interruption(gpt2, seqs, tmp_path, monkeypatch):
     assert np.array_equal(collect(gpt2, seqs, out_dir=tmp_path / "part", **kw).load("resid_post"), full)
 
 
-def test_refuses_a_different_collection_in_out_dir(gpt2, seqs, tmp_path):
-    kw = dict(sites=["resid_post"], batch_size=4, chunk_examples=5)
-    collect(gpt2, seqs, layers=LAYERS, out_dir=tmp_path / "a", **kw)
-    with pytest.raises(ValueError, match="different activation collection .*layers"):
-        collect(gpt2, seqs, layers=[1], out_dir=tmp_path / "a", **kw)
-    with pytest.raises(ValueError, match="different activation collection .*fingerprint"):
-        collect(gpt2, make_seqs(seed=1), layers=LAYERS, out_dir=tmp_path / "a", **kw)
-    with pytest.raises(ValueError, match="different activation collection .*positions"):
-        collect(gpt2, seqs, layers=LAYERS, positions="all", out_dir=tmp_path / "a", **kw)
-    # the same config with other weights: the one model fingerprint tells them apart
-    from dataclasses import replace
-
-    from interpjax.io.artifacts import model_fingerprint
-
-    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["model_fingerprint"] == model_fingerprint(gpt2)
-    other = replace(gpt2, params={**gpt2.params, "final_norm": {k: v + 1 for k, v in gpt2.params["final_norm"].items()}})
-    with pytest.raises(ValueError, match=r"different activation collection \(differs in: model_fingerprint\)"):
-        collect(other, seqs, layers=LAYERS, out_dir=tmp_path / "a", **kw)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not empty and holds no activation manifest"):
-        collect(gpt2, seqs, layers=LAYERS, out_dir=tmp_path / "b", **kw)
-    with pytest.raises(FileNotFoundError):
-        ActivationDataset(tmp_path / "b")
-
-
 def test_bad_requests_raise_before_compute(gpt2, seqs, tmp_path):
     out = tmp_path / "never"
     cases = [

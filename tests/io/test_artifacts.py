@@ -1,15 +1,14 @@
 """The one artifact format and the one model fingerprint: round trips (every dtype, standard
 safetensors readers), refusals (format, version, missing tensor, corrupt header, other model named by
-both fingerprints), atomic writes that leave no litter even after a SIGKILL, and the Result base."""
+both fingerprints), atomic writes that leave no litter (after a SIGKILL: ``tests/test_faults.py``), and
+the Result base."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import jax
@@ -21,8 +20,6 @@ import pytest
 import interpjax
 from interpjax.io import artifacts as A
 from interpjax.methods.result import Result
-
-from conftest import REPO
 
 
 def listing(folder):
@@ -154,53 +151,6 @@ def test_failed_save_keeps_the_old_file_and_stale_temporaries_are_cleaned(tmp_pa
     assert listing(tmp_path) == sorted([live.name, other.name, "v.safetensors"])
     A.atomic_write_text(tmp_path / "w.safetensors", "text")  # every atomic writer cleans its own target's
     assert listing(tmp_path) == sorted([live.name, "v.safetensors", "w.safetensors"])
-
-
-SAVER = """
-import sys
-import numpy as np
-from interpjax.io.artifacts import save_artifact
-path, n = sys.argv[1], int(sys.argv[2])
-x = np.arange(n, dtype=np.float32)
-i = 0
-while True:
-    save_artifact(path, {"x": x + i}, {"i": i}, format="test.big", version=1)
-    if i == 0:
-        print("saved", flush=True)
-    i += 1
-"""
-
-
-def test_sigkill_in_the_middle_of_a_large_save_leaves_a_valid_file_and_no_litter(tmp_path):
-    """A process saving 64 MiB over and over is SIGKILLed while a temporary is being written: the
-    target is still a complete earlier save, and the next load removes the dead save's temporary."""
-    path = tmp_path / "big.safetensors"
-    n = 16 * 2**20
-    killed_mid_save = False
-    for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), str(n)], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=REPO)
-        try:
-            assert proc.stdout.readline().strip() == "saved"
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                tmps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-                if tmps and tmps[0].exists() and tmps[0].stat().st_size > 2**20:
-                    break
-                time.sleep(0.001)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
-        litter = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-        if litter:
-            assert all(f".{proc.pid}-" in p.name for p in litter)
-            killed_mid_save = True
-            break
-    assert killed_mid_save, "never caught the saver mid-write"
-    art = A.load_artifact(path, format="test.big")  # the target was always a complete file
-    assert np.array_equal(art.arrays["x"], np.arange(n, dtype=np.float32) + art.meta["i"])
-    assert listing(tmp_path) == ["big.safetensors"]  # and the load removed the dead save's temporary
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,14 +1,11 @@
 """Sweeps: grids, sweep == loop of forwards, every minimal-recompute shortcut == full recompute
 (<= 1e-5 fp32), lazy readout, one compilation per chunk shape, chunking to a memory budget,
-standard sweeps and plots, errors before compute, resume after a real SIGKILL."""
+standard sweeps and plots, errors before compute. Resume after a SIGKILL and the refusal of a
+changed resume are in ``tests/test_faults.py``."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -570,104 +567,3 @@ def test_standard_sweeps_refuse_float_and_bool_layers_positions_heads(rot):
             sw.patching(rot, clean, corrupt, logit_diff, **kw)
     with pytest.raises(ValueError, match=r"heads must be integers; got \[0.5\]"):
         sw.head_patching(rot, clean, corrupt, logit_diff, heads=[0.5])
-
-
-# ---------------------------------------------------------------------------------------------
-# resume after a real SIGKILL
-
-
-WORKER = Path(__file__).parent / "sweep_worker.py"
-
-
-def _worker(*args, env=None):
-    return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_recomputes_nothing_and_matches(tmp_path):
-    ref_out, out = tmp_path / "ref.npy", tmp_path / "out.npy"
-    p = _worker("resume", tmp_path / "ref_dir", ref_out, tmp_path / "ref.log")
-    assert p.wait(timeout=300) == 0, p.stdout.read().decode()[-3000:]
-    n_chunks = len((tmp_path / "ref.log").read_text().split())
-    ckpt, log = tmp_path / "ckpt", tmp_path / "run.log"
-    p = _worker("resume", ckpt, out, log, 1.0)  # slow chunks so the kill lands mid-sweep
-    chunk_dir = ckpt / "chunks"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        finished = [d for d in chunk_dir.iterdir() if d.name.isdigit()] if chunk_dir.exists() else []
-        if len(finished) >= 3:
-            break
-        time.sleep(0.1)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    finished = sorted(int(d.name) for d in chunk_dir.iterdir() if d.name.isdigit())
-    assert 3 <= len(finished) < n_chunks and not out.exists()
-    first = [int(x) for x in log.read_text().split()]
-    log.unlink()
-    p = _worker("resume", ckpt, out, log)
-    assert p.wait(timeout=300) == 0, p.stdout.read().decode()[-3000:]
-    again = [int(x) for x in log.read_text().split()]
-    assert not set(again) & set(finished), "a finished chunk was recomputed"
-    assert sorted(set(again) | set(finished)) == list(range(n_chunks))
-    assert set(first) <= set(finished)  # a chunk is reported only after it was saved
-    np.testing.assert_array_equal(np.load(out), np.load(ref_out))
-
-
-def test_changed_grid_or_model_refuses_to_resume(rot, tmp_path):
-    cfg, params = rot
-    clean, corrupt = tokens(cfg, seed=1), tokens(cfg, seed=2)
-    grid = patch_grid(cfg, params, clean)
-    kw = dict(checkpoint_dir=tmp_path, progress=False, position_buckets=2)
-    done = []
-    first = sw.sweep(rot, corrupt, grid, logit_diff, on_chunk=lambda i, v: done.append(i), **kw)
-    again = []
-    second = sw.sweep(rot, corrupt, grid, logit_diff, on_chunk=lambda i, v: again.append(i), **kw)
-    assert done and not again  # everything restored, nothing recomputed
-    np.testing.assert_array_equal(first, second)
-    other_grid = patch_grid(cfg, params, tokens(cfg, seed=3))
-    with pytest.raises(ValueError, match="different sweep \\(changed: grid\\)"):
-        sw.sweep(rot, corrupt, other_grid, logit_diff, **kw)
-    other_params = jax.tree.map(lambda a: a * 1.01, params)
-    with pytest.raises(ValueError, match="changed: model"):
-        sw.sweep((cfg, other_params), corrupt, grid, logit_diff, **kw)
-    with pytest.raises(ValueError, match="changed: metric"):
-        sw.sweep(rot, corrupt, grid, lambda out: out.logits(-1, 2).mean(), **kw)
-
-
-_OFFSET = 0.0  # read by _offset_metric: a module global the metric reaches
-
-
-def _offset_metric(out):
-    return logit_diff(out) + _OFFSET
-
-
-def _helper(out):
-    return logit_diff(out)
-
-
-def test_resume_refuses_a_metric_whose_globals_or_helpers_changed(rot, tmp_path, monkeypatch):
-    """The stored fingerprint covers what the metric reaches: a module global it reads, or a helper
-    it calls, changed between two runs on one checkpoint dir is refused before compute (not the
-    stale result)."""
-    cfg, params = rot
-    toks = tokens(cfg, seed=7)
-    grid = sw.product(layer=np.arange(3), coeff=np.array([0.5, 1.0], np.float32)).build(
-        lambda a: Add("resid_pre", layer=a.layer, vector=vec(32, 13), coeff=a.coeff))
-    kw = dict(progress=False)
-    module = sys.modules[__name__]
-    ref = sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "a", **kw)
-    np.testing.assert_array_equal(sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "a", **kw), ref)
-    monkeypatch.setattr(module, "_OFFSET", 17.9)
-    before = dict(PG.TRACES)
-    with pytest.raises(ValueError, match=r"holds a different sweep \(changed: metric\)"):
-        sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "a", **kw)
-    assert PG.TRACES == before
-    fresh = sw.sweep(rot, toks, grid, _offset_metric, checkpoint_dir=tmp_path / "b", **kw)
-    np.testing.assert_allclose(fresh, ref + 17.9, rtol=1e-6)
-    # a helper the metric calls, changed behind the same name
-    call_helper = lambda out: _helper(out)  # noqa: E731
-    sw.sweep(rot, toks, grid, call_helper, checkpoint_dir=tmp_path / "c", **kw)
-    monkeypatch.setattr(module, "_helper", lambda out: -logit_diff(out))
-    with pytest.raises(ValueError, match=r"changed: metric"):
-        sw.sweep(rot, toks, grid, call_helper, checkpoint_dir=tmp_path / "c", **kw)
