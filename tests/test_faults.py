@@ -571,10 +571,8 @@ def test_lens_resume_after_sigkill_is_bit_identical_and_leaves_no_litter(lens_re
 # ---------------------------------------------------------------------------------------------
 # training: a resume with another model or TrainConfig is refused
 #
-# Not refused today (reported, not tested): other initial weights of the same shapes
-# (Trainer(cfg, tc, workdir, params=other) or Trainer(Model(cfg, other), tc, workdir)) resume the
-# saved run silently, and train() with another batch_fn (other data, batch size or length) continues
-# the saved run; neither the initial weights nor the data are recorded in run.json.
+# Not refused (documented in the README's Guarantees): train() with another batch_fn (other data,
+# batch size or length) continues the saved run; the data stream is the caller's, not recorded.
 
 
 @pytest.fixture(scope="module")
@@ -666,3 +664,13 @@ def test_sigkill_in_the_middle_of_a_large_save_leaves_a_valid_file_and_no_litter
     art = ART.load_artifact(path, format="test.big")  # the target was always a complete file
     assert np.array_equal(art.arrays["x"], np.arange(n, dtype=np.float32) + art.meta["i"])
     assert listing(tmp_path) == ["big.safetensors"]  # and the load removed the dead save's temporary
+
+
+def test_training_resume_from_other_starting_weights_is_refused(done_training):
+    """Other initial weights of the same shapes used to resume the saved run silently."""
+    other = jax.tree.map(lambda a: np.asarray(a) + np.float32(0.5), quick_params(TRAIN_CFG))
+    before = listing(done_training)
+    with pytest.raises(ValueError, match=r"starting weights: fingerprint [0-9a-f]{16} -> [0-9a-f]{16}"):
+        Trainer(TRAIN_CFG, TRAIN_TC, done_training, params=other)
+    assert listing(done_training) == before
+    Trainer(TRAIN_CFG, TRAIN_TC, done_training, params=quick_params(TRAIN_CFG))  # the same weights resume

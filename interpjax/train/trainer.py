@@ -34,7 +34,7 @@ from jax.tree_util import Partial
 
 from ..core.config import Config
 from ..core.handle import Model
-from ..io.artifacts import atomic_write_text
+from ..io.artifacts import atomic_write_text, model_fingerprint
 from . import optimizers
 from .config import TrainConfig
 from .data import data_sharding
@@ -111,9 +111,11 @@ def _signature(tree) -> list:
 def _run_diff(old: dict, new: dict) -> list[str]:
     """What differs between a saved run description and this one (TrainConfig fields added later
     take their defaults, so runs saved before a field existed still resume)."""
-    diffs = [k for k in new if k not in ("train", "trainable") and old.get(k) != new[k]]
+    diffs = [k for k in new if k not in ("train", "trainable", "start_weights") and old.get(k) != new[k]]
     if "trainable" in old and old["trainable"] != new["trainable"]:
         diffs.append("trainable shapes")
+    elif "start_weights" in old and old["start_weights"] != new["start_weights"]:  # runs saved before it resume
+        diffs.append(f"starting weights: fingerprint {old['start_weights']} -> {new['start_weights']}")
     try:
         old_tc = TrainConfig(**old.get("train", {}))
     except (TypeError, ValueError):
@@ -204,7 +206,8 @@ class Trainer:
         import orbax.checkpoint as ocp
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        meta = {**info, "train": dataclasses.asdict(self.tc), "trainable": _signature(trainable)}
+        meta = {**info, "train": dataclasses.asdict(self.tc), "trainable": _signature(trainable),
+                "start_weights": model_fingerprint(trainable)}
         meta = json.loads(json.dumps(meta))
         meta_path = self.workdir / "run.json"
         if meta_path.exists():
