@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+# The suite runs under JAX's strict dtype promotion: the library is explicit about dtypes. The
+# environment variable reaches the subprocesses tests start (experiments, sweeps, resumes).
+os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
 REPO = Path(__file__).resolve().parents[1]
 # The real checkpoints sit beside the repository (shared/models); INTERPJAX_MODELS overrides.
 MODELS = Path(os.environ.get("INTERPJAX_MODELS", REPO.parent / "shared" / "models"))

@@ -524,7 +524,8 @@ def check_real_finite(name, arr):
     if isinstance(arr, jax.Array):
         if not arr.is_fully_addressable:  # spread over processes: each checks its own part upstream
             return
-        ok = bool(jnp.isfinite(arr).all())  # reduced on device: no host copy of the array
+        with jax.ensure_compile_time_eval():  # concrete even when validated inside an outer jit trace
+            ok = bool(jnp.isfinite(arr).all())  # reduced on device: no host copy of the array
     else:
         ok = bool(np.isfinite(np.asarray(arr)).all())
     if not ok:

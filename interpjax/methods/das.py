@@ -163,7 +163,7 @@ def _bounds(das: dict, d: int):
     """(lo, hi) [K] in coordinate units: each variable's interval inside its own block of d // K."""
     k = das["lo"].shape[0]
     width = d // k
-    start = jnp.arange(k) * width
+    start = (jnp.arange(k) * width).astype(F32)
     return start + width * jax.nn.sigmoid(das["lo"]), start + width * jax.nn.sigmoid(das["hi"])
 
 

@@ -29,6 +29,7 @@ from flax import struct
 
 from ..core import inputs
 from ..io.artifacts import ArtifactError
+from ..train.optimizers import optax_promotion
 from .result import Result
 
 KINDS = ("ridge", "logistic", "mlp")
@@ -373,7 +374,8 @@ def _standardize(X_ND):
 
 def _train(loss_fn, params, opt, X_ND, T_N, key, steps, batch_size):
     """``steps`` optimizer updates of loss_fn(params, x, t) inside one lax.scan (minibatches with
-    replacement when batch_size is set)."""
+    replacement when batch_size is set); optax runs under standard dtype promotion (``optax_promotion``)."""
+    opt = optax_promotion(opt)
     state = opt.init(params)
     n = X_ND.shape[0]
 

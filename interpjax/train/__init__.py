@@ -4,12 +4,12 @@ checks and streams, data parallel, exact resume."""
 from .config import SCHEDULES, TrainConfig
 from .data import TokenStream, check_train_tokens, data_sharding
 from .lm import LMLoss, init_params, lm_loss
-from .optimizers import (OPTIMIZERS, make_optimizer, make_schedule, optimizer_state_bytes, register_optimizer,
-                         tree_bytes)
+from .optimizers import (OPTIMIZERS, make_optimizer, make_schedule, optax_promotion, optimizer_state_bytes,
+                         register_optimizer, tree_bytes)
 from .trainer import (Trainer, compiled_step, loss_attr, make_train_step, param_norm, restore_latest, train_in_memory,
                       train_step)
 
 __all__ = ["LMLoss", "OPTIMIZERS", "SCHEDULES", "TokenStream", "TrainConfig", "Trainer", "check_train_tokens",
            "compiled_step", "data_sharding", "init_params", "lm_loss", "loss_attr", "make_optimizer", "make_schedule",
-           "make_train_step", "optimizer_state_bytes", "param_norm", "register_optimizer", "restore_latest",
+           "make_train_step", "optax_promotion", "optimizer_state_bytes", "param_norm", "register_optimizer", "restore_latest",
            "train_in_memory", "train_step", "tree_bytes"]

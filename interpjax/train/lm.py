@@ -44,7 +44,7 @@ def lm_loss(cfg: Config, params: dict, tokens_BT, loss_mask_BT=None, remat: bool
     nll = -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
     w = jnp.ones_like(nll) if loss_mask_BT is None else loss_mask_BT[:, 1:].astype(jnp.float32)
     denom = jnp.maximum(w.sum(), 1.0)
-    acc = ((logp.argmax(-1) == target) * w).sum() / denom
+    acc = ((logp.argmax(-1) == target).astype(jnp.float32) * w).sum() / denom
     return (nll * w).sum() / denom, acc
 
 

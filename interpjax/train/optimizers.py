@@ -79,14 +79,37 @@ def make_schedule(tc: TrainConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, tc.lr, tc.warmup_steps), main], [tc.warmup_steps])
 
 
+def optax_promotion(tx) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with its ``init`` and ``update`` traced under JAX's standard dtype promotion.
+
+    optax itself mixes dtypes implicitly (Adam's bias correction is ``1 - b1 ** count``: a Python
+    float to the power of the int32 step count), which ``jax_numpy_dtype_promotion="strict"``
+    rejects. Only optax's own code runs under "standard" here, which is what it is written for, so
+    results are those of ``tx``; everything of ours around it stays under the caller's setting."""
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion("standard"):
+            if isinstance(tx, optax.GradientTransformationExtraArgs) or extra_args:
+                return tx.update(updates, state, params, **extra_args)
+            return tx.update(updates, state, params)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     """Clipping (if ``tc.clip_norm``), then the named optimizer on the schedule, accumulated over
-    ``tc.grad_accum`` micro-steps (``optax.MultiSteps``) when that is > 1."""
+    ``tc.grad_accum`` micro-steps (``optax.MultiSteps``) when that is > 1; the whole runs under
+    standard dtype promotion (``optax_promotion``)."""
     if tc.optimizer not in OPTIMIZERS:  # registered after tc was built, then removed
         raise ValueError(f"optimizer {tc.optimizer!r} is not registered; valid: {sorted(OPTIMIZERS)}")
     clip = [optax.clip_by_global_norm(tc.clip_norm)] if tc.clip_norm else []
     opt = optax.chain(*clip, OPTIMIZERS[tc.optimizer](tc, make_schedule(tc)))  # a chain always: one state layout
-    return optax.MultiSteps(opt, every_k_schedule=tc.grad_accum) if tc.grad_accum > 1 else opt
+    opt = optax.MultiSteps(opt, every_k_schedule=tc.grad_accum) if tc.grad_accum > 1 else opt
+    return optax_promotion(opt)
 
 
 def tree_bytes(tree) -> int:
