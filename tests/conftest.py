@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-# The suite runs under JAX's strict dtype promotion: the library is explicit about dtypes. The
-# environment variable reaches the subprocesses tests start (experiments, sweeps, resumes).
-os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
-import jax  # noqa: E402
+# Strict dtype promotion: core, generate, sweep, train, worlds, io (tiny families) and methods pass
+# under it; GGUF, real-model and experiment runs are not yet checked, so it is opt-in for now:
+# INTERPJAX_STRICT_DTYPES=1 python -m pytest (the variable reaches the subprocesses tests start).
+if os.environ.get("INTERPJAX_STRICT_DTYPES") == "1":
+    os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
+    import jax
 
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 REPO = Path(__file__).resolve().parents[1]
 # The real checkpoints sit beside the repository (shared/models); INTERPJAX_MODELS overrides.
