@@ -35,7 +35,22 @@ def needs_real_lm(name):
 
 
 @pytest.fixture(scope="session")
-def real_lm():
+def real_model():
+    """name -> interpjax Model (fp32) of a real LM, loaded once per session (shared with ``real_lm``)."""
+    loaded = {}
+
+    def get(name):
+        if name not in loaded:
+            import interpjax
+
+            loaded[name] = interpjax.load(name)
+        return loaded[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_lm(real_model):
     """name -> (interpjax Model in fp32, transformers reading the same GGUF file in fp32): each
     real model is loaded once per session."""
     loaded = {}
@@ -45,12 +60,11 @@ def real_lm():
             import torch
             from transformers import AutoModelForCausalLM
 
-            import interpjax
             from interpjax.io.gguf import named_file
 
             path = named_file(name)
             hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            loaded[name] = (interpjax.load(name), hf.eval())
+            loaded[name] = (real_model(name), hf.eval())
         return loaded[name]
 
     return get

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "logit_lens"))  # the shared story generato
 
 import interpjax  # noqa: E402
 from interpjax.methods import lens as LZ
-from interpjax.io.plots import heatmap
+from interpjax.io.plots import labelled_heatmap
 from interpjax.train import TrainConfig
 from stories import corpus_stories, story_stream  # noqa: E402
 
@@ -161,7 +161,7 @@ def main(argv=None):
         # per-token prediction depth of the prompt under both lenses, annotated with the model's next-token guess
         depth = np.stack([np.asarray(LZ.prediction_depth(np.argmax(x, -1))) for x in (logit_lg, tuned_lg)])
         guess = [token_label(tok, i) for i in np.argmax(np.asarray(tuned_lg[-1]), -1)]
-        heatmap(depth, out / "depth_per_token.png", ["logit lens", "tuned lens"], labels, [guess, guess],
+        labelled_heatmap(depth, out / "depth_per_token.png", ["logit lens", "tuned lens"], labels, [guess, guess],
                 title="prediction depth per token (text: the model's top-1 next token)", cmap="viridis",
                 cbar_label="prediction depth (layer; 5 = output)", vmin=0, vmax=L,
                 xlabel="input token")

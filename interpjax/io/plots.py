@@ -1,5 +1,5 @@
-"""Small shared plotting helpers (matplotlib; the backend is the caller's): annotated heatmaps with token labels,
-written atomically so a killed run never leaves a half-written PNG."""
+"""Small shared plotting helpers (matplotlib; the backend is the caller's): ``labelled_heatmap`` of a
+plain array with token labels (a sweep result's own plot is ``sweep.heatmap``), figures written atomically so a killed run never leaves a half-written PNG."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def save_drawing(draw, path, figsize=(6.0, 3.6)) -> Path:
         plt.close(fig)
 
 
-def heatmap(values_RC, path, row_labels, col_labels, annotations_RC=None, title: str = "", cmap: str = "viridis",
+def labelled_heatmap(values_RC, path, row_labels, col_labels, annotations_RC=None, title: str = "", cmap: str = "viridis",
             cbar_label: str = "", vmin: float | None = None, vmax: float | None = None, xlabel: str = "",
             ylabel: str = "") -> Path:
     """Heatmap of ``values_RC`` (row 0 drawn at the bottom) with row/column labels and optional

@@ -173,11 +173,11 @@ def plot_trajectory(logits_LTV, path, input_labels, token_str: Callable[[int], s
     probs, ids = np.asarray(probs[..., 0]), np.asarray(ids[..., 0])
     values = probs if color == "prob" else np.asarray(entropy(logits))
     notes = [[token_str(int(i)) for i in row] for row in ids]
-    from ..io.plots import heatmap
+    from ..io.plots import labelled_heatmap
 
     rows = row_labels if row_labels is not None else [f"{l}" for l in range(L - 1)] + ["out"]
     label = "probability of the top token" if color == "prob" else "entropy (nats)"
-    return heatmap(values, path, rows, list(input_labels), notes, title=title,
+    return labelled_heatmap(values, path, rows, list(input_labels), notes, title=title,
                    cmap="viridis" if color == "prob" else "magma_r", cbar_label=label,
                    vmin=0.0, vmax=1.0 if color == "prob" else None,
                    xlabel="input token (each column predicts the next one)", ylabel="layer")
