@@ -177,19 +177,24 @@ def check_token_ids(cfg: Config, ids, shape, *, name: str = "answers") -> np.nda
     return host.astype(np.int32)
 
 
+def _check_id_array(name: str, ids, shape, hi: int):
+    """Integer ids [B, T] in 0..hi, shaped like the tokens (checked when concrete); int32 jax array."""
+    host = concrete(ids)
+    got = tuple(np.shape(ids)) if host is None else host.shape
+    if got != tuple(shape):
+        raise ValueError(f"{name} has shape {got}; expected {tuple(shape)} like tokens")
+    if host is not None:
+        if not _is_int_dtype(host.dtype):
+            raise ValueError(f"{name} must be integers, got dtype {host.dtype.name}")
+        _check_range(name, host, 0, hi, "")
+    return jnp.asarray(ids if host is None else host.astype(np.int32), jnp.int32)
+
+
 def check_position_ids(cfg: Config, position_ids, shape):
     """Explicit position ids [B, T] in 0..n_ctx-1 (None stays None); int32 jax array."""
     if position_ids is None:
         return None
-    host = concrete(position_ids)
-    pshape = tuple(np.shape(position_ids)) if host is None else host.shape
-    if pshape != tuple(shape):
-        raise ValueError(f"position_ids has shape {pshape}; expected {tuple(shape)} like tokens")
-    if host is not None:
-        if not _is_int_dtype(host.dtype):
-            raise ValueError(f"position_ids must be integers, got dtype {host.dtype.name}")
-        _check_range("position_ids", host, 0, cfg.n_ctx - 1, "")
-    return jnp.asarray(position_ids if host is None else host.astype(np.int32), jnp.int32)
+    return _check_id_array("position_ids", position_ids, shape, cfg.n_ctx - 1)
 
 
 def check_token_types(cfg: Config, token_type_ids, shape):
@@ -198,12 +203,4 @@ def check_token_types(cfg: Config, token_type_ids, shape):
         return None
     if not cfg.type_vocab_size:
         raise ValueError("token_type_ids given but this model has no token-type embeddings (type_vocab_size=0)")
-    host = concrete(token_type_ids)
-    tshape = tuple(np.shape(token_type_ids)) if host is None else host.shape
-    if tshape != tuple(shape):
-        raise ValueError(f"token_type_ids has shape {tshape}; expected {tuple(shape)} like tokens")
-    if host is not None:
-        if not _is_int_dtype(host.dtype):
-            raise ValueError(f"token_type_ids must be integers, got dtype {host.dtype.name}")
-        _check_range("token_type_ids", host, 0, cfg.type_vocab_size - 1, "")
-    return jnp.asarray(token_type_ids if host is None else host.astype(np.int32), jnp.int32)
+    return _check_id_array("token_type_ids", token_type_ids, shape, cfg.type_vocab_size - 1)

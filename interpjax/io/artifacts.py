@@ -142,25 +142,9 @@ def write_safetensors_file(f, tensors: dict, metadata: dict[str, str]) -> None:
 
 def read_header(path) -> tuple[dict, dict]:
     """(tensor entries, metadata) of a safetensors file; a ValueError naming the file if corrupt."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path}: not a safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", head)
-        if 8 + n > size:
-            raise ValueError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header (a {type(header).__name__}, not an object)")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: corrupt safetensors metadata (a {type(meta).__name__}, not an object)")
+    from .loading import read_safetensors_header
+
+    header, _, _, meta = read_safetensors_header(path, with_metadata=True)
     return header, meta
 
 

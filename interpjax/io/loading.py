@@ -28,10 +28,11 @@ _ST_DTYPES = {
 }
 
 
-def read_safetensors_header(path) -> tuple[dict, int, int]:
+def read_safetensors_header(path, with_metadata: bool = False) -> tuple:
     """(tensor entries, data start, data length) of a .safetensors file, every entry checked: a
     ValueError naming the file (and the tensor) for a truncated file, a header that is not a UTF-8
-    JSON object, or an entry whose dtype, shape or data offsets are missing or disagree."""
+    JSON object, or an entry whose dtype, shape or data offsets are missing or disagree. With
+    ``with_metadata`` the ``__metadata__`` dict (checked to be string -> string) comes fourth."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -47,13 +48,15 @@ def read_safetensors_header(path) -> tuple[dict, int, int]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: corrupt safetensors header, not UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header: expected a JSON object of tensors, "
-                         f"got a {type(header).__name__}")
-    header.pop("__metadata__", None)
+        raise ValueError(f"{path}: corrupt safetensors header: a {type(header).__name__}, not an object "
+                         f"(expected a JSON object of tensors)")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError(f"{path}: corrupt safetensors metadata: expected a JSON object of strings")
     data_len = size - 8 - n
     for name, info in header.items():
         _check_entry(path, name, info, data_len)
-    return header, 8 + n, data_len
+    return (header, 8 + n, data_len, meta) if with_metadata else (header, 8 + n, data_len)
 
 
 def _is_count(v) -> bool:

@@ -204,7 +204,7 @@ def _raw_safetensors(path, header, data: bytes = b""):
 
 @pytest.mark.parametrize("header, data, match", [
     (b'{"w\xff\xfe": 1}', b"", r"corrupt safetensors header, not UTF-8 JSON"),
-    (b"[1, 2]", b"", r"expected a JSON object of tensors, got a list"),
+    (b"[1, 2]", b"", r"a list, not an object \(expected a JSON object of tensors\)"),
     ({"w": {"shape": [2], "data_offsets": [0, 8]}}, bytes(8), r"tensor 'w': header entry lacks \['dtype'\]"),
     ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8),
      r"tensor 'w': data_offsets \[0, 8\] span 8 bytes but shape \(3,\) of F32 needs 12"),

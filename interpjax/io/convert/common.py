@@ -152,3 +152,63 @@ def merge_heads_out(w_DNH: np.ndarray) -> np.ndarray:
     """[D, n, h] -> torch Linear weight [n*h, D]."""
     D = w_DNH.shape[0]
     return w_DNH.reshape(D, -1).T
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama-style checkpoints (llama, mistral, qwen2/3, gemma 2/3, phi3): model.embed_tokens,
+# model.layers.{i}.self_attn.{q,k,v,o}_proj, model.norm, lm_head.
+
+
+def separate_attention_from_hf(w, cfg) -> dict:
+    """q/k/v/o projections (and their biases, when the config has them) stacked over layers."""
+    L, N, K, H = cfg.n_layers, cfg.n_heads, cfg.kv_heads, cfg.d_head
+    proj = lambda n, h: w.stack(f"layers.{{}}.self_attn.{n}_proj.weight", L, lambda a: split_heads_out(a, h, H))
+    attn = {"q": proj("q", N), "k": proj("k", K), "v": proj("v", K),
+            "o": w.stack("layers.{}.self_attn.o_proj.weight", L, lambda a: a.T.reshape(N, H, -1))}
+    if cfg.qkv_bias:
+        for n, h in (("q", N), ("k", K), ("v", K)):
+            attn[n + "_bias"] = w.stack(f"layers.{{}}.self_attn.{n}_proj.bias", L, lambda a: a.reshape(h, H))
+    if cfg.o_bias:
+        attn["o_bias"] = w.stack("layers.{}.self_attn.o_proj.bias", L)
+    return attn
+
+
+def separate_attention_to_hf(out: dict, prefix: str, a: dict, i: int, cfg) -> None:
+    """Write layer ``i``'s q/k/v/o projections (and biases) under ``prefix`` (``model.layers.{i}.``)."""
+    for n in ("q", "k", "v"):
+        out[prefix + f"self_attn.{n}_proj.weight"] = merge_heads_out(a[n][i])
+        if cfg.qkv_bias:
+            out[prefix + f"self_attn.{n}_proj.bias"] = a[n + "_bias"][i].reshape(-1)
+    out[prefix + "self_attn.o_proj.weight"] = a["o"][i].reshape(-1, cfg.d_model).T
+    if cfg.o_bias:
+        out[prefix + "self_attn.o_proj.bias"] = a["o_bias"][i]
+
+
+def gated_mlp_from_hf(w, cfg) -> dict:
+    """gate/up/down projections (and biases, when the config has them) stacked over layers."""
+    L = cfg.n_layers
+    mlp = {n: w.stack(f"layers.{{}}.mlp.{n}_proj.weight", L, lambda a: a.T) for n in ("gate", "up", "down")}
+    if cfg.mlp_bias:
+        mlp.update({n + "_bias": w.stack(f"layers.{{}}.mlp.{n}_proj.bias", L) for n in ("gate", "up", "down")})
+    return mlp
+
+
+def gated_mlp_to_hf(out: dict, prefix: str, m: dict, i: int, cfg) -> None:
+    for n in ("gate", "up", "down"):
+        out[prefix + f"mlp.{n}_proj.weight"] = m[n][i].T
+        if cfg.mlp_bias:
+            out[prefix + f"mlp.{n}_proj.bias"] = m[n + "_bias"][i]
+
+
+def decoder_from_hf(w, cfg, layers: dict) -> dict:
+    """The canonical params: token embedding, ``layers``, final norm and (untied) unembedding."""
+    p = {"embed": {"tok": w("embed_tokens.weight")}, "layers": layers, "final_norm": {"scale": w("norm.weight")}}
+    if not cfg.tie_embeddings:
+        p["unembed"] = {"w": w("lm_head.weight").T}
+    return p
+
+
+def decoder_to_hf(p: dict, cfg) -> dict:
+    """HF tensors of the embedding, final norm and lm_head (the tied copy when embeddings are tied)."""
+    return {"model.embed_tokens.weight": p["embed"]["tok"], "model.norm.weight": p["final_norm"]["scale"],
+            "lm_head.weight": p["embed"]["tok"] if cfg.tie_embeddings else p["unembed"]["w"].T}

@@ -11,7 +11,8 @@ raw ``w`` (the model multiplies by 1 + w, ``Config.norm_offset = 1``).
 from __future__ import annotations
 
 from ...core.config import Config
-from .common import Weights, activation, check_fields, merge_heads_out, rope_fields, split_heads_out
+from .common import (Weights, activation, check_fields, decoder_from_hf, decoder_to_hf, gated_mlp_from_hf, gated_mlp_to_hf,
+                     rope_fields, separate_attention_from_hf, separate_attention_to_hf)
 
 MODEL_TYPES = ("gemma2", "gemma3_text")
 PREFIXES = ("model.", "")
@@ -84,49 +85,30 @@ def config_from_hf(hf: dict) -> Config:
 
 
 def params_from_hf(w: Weights, cfg: Config) -> dict:
-    L, N, K, H = cfg.n_layers, cfg.n_heads, cfg.kv_heads, cfg.d_head
+    L = cfg.n_layers
     ln = lambda name: {"scale": w.stack(f"layers.{{}}.{name}.weight", L)}
-    proj = lambda n, h: w.stack(f"layers.{{}}.self_attn.{n}.weight", L, lambda a: split_heads_out(a, h, H))
-    attn = {"q": proj("q_proj", N), "k": proj("k_proj", K), "v": proj("v_proj", K),
-            "o": w.stack("layers.{}.self_attn.o_proj.weight", L, lambda a: a.T.reshape(N, H, -1)),
-            "post_norm": ln("post_attention_layernorm")}
-    if cfg.qkv_bias:
-        for n, h in (("q", N), ("k", K), ("v", K)):
-            attn[n + "_bias"] = w.stack(f"layers.{{}}.self_attn.{n}_proj.bias", L, lambda a: a.reshape(h, H))
-    if cfg.o_bias:
-        attn["o_bias"] = w.stack("layers.{}.self_attn.o_proj.bias", L)
+    attn = separate_attention_from_hf(w, cfg)
+    attn["post_norm"] = ln("post_attention_layernorm")
     if cfg.qk_norm:
         attn["q_norm"], attn["k_norm"] = ln("self_attn.q_norm"), ln("self_attn.k_norm")
-    mlp = {n: w.stack(f"layers.{{}}.mlp.{n}_proj.weight", L, lambda a: a.T) for n in ("gate", "up", "down")}
+    mlp = gated_mlp_from_hf(w, cfg)
     mlp["post_norm"] = ln("post_feedforward_layernorm")
-    p = {"embed": {"tok": w("embed_tokens.weight")},
-         "layers": {"ln1": ln("input_layernorm"), "ln2": ln("pre_feedforward_layernorm"), "attn": attn, "mlp": mlp},
-         "final_norm": {"scale": w("norm.weight")}}
-    if not cfg.tie_embeddings:
-        p["unembed"] = {"w": w("lm_head.weight").T}
-    return p
+    return decoder_from_hf(w, cfg, {"ln1": ln("input_layernorm"), "ln2": ln("pre_feedforward_layernorm"),
+                                    "attn": attn, "mlp": mlp})
 
 
 def params_to_hf(p: dict, cfg: Config) -> dict:
-    a, m, pre = p["layers"]["attn"], p["layers"]["mlp"], "model."
-    out = {pre + "embed_tokens.weight": p["embed"]["tok"], pre + "norm.weight": p["final_norm"]["scale"]}
+    a, m = p["layers"]["attn"], p["layers"]["mlp"]
+    out = decoder_to_hf(p, cfg)
     for i in range(cfg.n_layers):
-        h = f"{pre}layers.{i}."
+        h = f"model.layers.{i}."
         out[h + "input_layernorm.weight"] = p["layers"]["ln1"]["scale"][i]
         out[h + "pre_feedforward_layernorm.weight"] = p["layers"]["ln2"]["scale"][i]
         out[h + "post_attention_layernorm.weight"] = a["post_norm"]["scale"][i]
         out[h + "post_feedforward_layernorm.weight"] = m["post_norm"]["scale"][i]
-        for n in ("q", "k", "v"):
-            out[h + f"self_attn.{n}_proj.weight"] = merge_heads_out(a[n][i])
-            if cfg.qkv_bias:
-                out[h + f"self_attn.{n}_proj.bias"] = a[n + "_bias"][i].reshape(-1)
-        out[h + "self_attn.o_proj.weight"] = a["o"][i].reshape(-1, cfg.d_model).T
-        if cfg.o_bias:
-            out[h + "self_attn.o_proj.bias"] = a["o_bias"][i]
+        separate_attention_to_hf(out, h, a, i, cfg)
         if cfg.qk_norm:
             out[h + "self_attn.q_norm.weight"] = a["q_norm"]["scale"][i]
             out[h + "self_attn.k_norm.weight"] = a["k_norm"]["scale"][i]
-        for n in ("gate", "up", "down"):
-            out[h + f"mlp.{n}_proj.weight"] = m[n][i].T
-    out["lm_head.weight"] = p["embed"]["tok"] if cfg.tie_embeddings else p["unembed"]["w"].T
+        gated_mlp_to_hf(out, h, m, i, cfg)
     return out

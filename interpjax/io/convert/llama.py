@@ -4,7 +4,8 @@ grouped-query attention; Mistral adds a sliding window, Qwen2 q/k/v biases and p
 from __future__ import annotations
 
 from ...core.config import Config
-from .common import Weights, activation, check_fields, merge_heads_out, rope_fields, split_heads_out
+from .common import (Weights, activation, check_fields, decoder_from_hf, decoder_to_hf, gated_mlp_from_hf, gated_mlp_to_hf,
+                     rope_fields, separate_attention_from_hf, separate_attention_to_hf)
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 PREFIXES = ("model.", "")
@@ -50,47 +51,19 @@ def config_from_hf(hf: dict) -> Config:
 
 
 def params_from_hf(w: Weights, cfg: Config) -> dict:
-    L, N, K, H = cfg.n_layers, cfg.n_heads, cfg.kv_heads, cfg.d_head
-    proj = lambda n, h: w.stack(f"layers.{{}}.self_attn.{n}.weight", L, lambda a: split_heads_out(a, h, H))
-    attn = {"q": proj("q_proj", N), "k": proj("k_proj", K), "v": proj("v_proj", K),
-            "o": w.stack("layers.{}.self_attn.o_proj.weight", L, lambda a: a.T.reshape(N, H, -1))}
-    if cfg.qkv_bias:
-        for n, h in (("q", N), ("k", K), ("v", K)):
-            attn[n + "_bias"] = w.stack(f"layers.{{}}.self_attn.{n}_proj.bias", L, lambda a: a.reshape(h, H))
-    if cfg.o_bias:
-        attn["o_bias"] = w.stack("layers.{}.self_attn.o_proj.bias", L)
-    mlp = {n: w.stack(f"layers.{{}}.mlp.{n}_proj.weight", L, lambda a: a.T) for n in ("gate", "up", "down")}
-    if cfg.mlp_bias:
-        mlp.update({n + "_bias": w.stack(f"layers.{{}}.mlp.{n}_proj.bias", L) for n in ("gate", "up", "down")})
-    p = {
-        "embed": {"tok": w("embed_tokens.weight")},
-        "layers": {"ln1": {"scale": w.stack("layers.{}.input_layernorm.weight", L)},
-                   "ln2": {"scale": w.stack("layers.{}.post_attention_layernorm.weight", L)},
-                   "attn": attn, "mlp": mlp},
-        "final_norm": {"scale": w("norm.weight")},
-    }
-    if not cfg.tie_embeddings:
-        p["unembed"] = {"w": w("lm_head.weight").T}
-    return p
+    L = cfg.n_layers
+    ln = lambda name: {"scale": w.stack(f"layers.{{}}.{name}.weight", L)}
+    return decoder_from_hf(w, cfg, {"ln1": ln("input_layernorm"), "ln2": ln("post_attention_layernorm"),
+                                    "attn": separate_attention_from_hf(w, cfg), "mlp": gated_mlp_from_hf(w, cfg)})
 
 
 def params_to_hf(p: dict, cfg: Config) -> dict:
-    a, m, pre = p["layers"]["attn"], p["layers"]["mlp"], "model."
-    out = {pre + "embed_tokens.weight": p["embed"]["tok"], pre + "norm.weight": p["final_norm"]["scale"]}
+    a, m = p["layers"]["attn"], p["layers"]["mlp"]
+    out = decoder_to_hf(p, cfg)
     for i in range(cfg.n_layers):
-        h = f"{pre}layers.{i}."
+        h = f"model.layers.{i}."
         out[h + "input_layernorm.weight"] = p["layers"]["ln1"]["scale"][i]
         out[h + "post_attention_layernorm.weight"] = p["layers"]["ln2"]["scale"][i]
-        for n in ("q", "k", "v"):
-            out[h + f"self_attn.{n}_proj.weight"] = merge_heads_out(a[n][i])
-            if cfg.qkv_bias:
-                out[h + f"self_attn.{n}_proj.bias"] = a[n + "_bias"][i].reshape(-1)
-        out[h + "self_attn.o_proj.weight"] = a["o"][i].reshape(-1, cfg.d_model).T
-        if cfg.o_bias:
-            out[h + "self_attn.o_proj.bias"] = a["o_bias"][i]
-        for n in ("gate", "up", "down"):
-            out[h + f"mlp.{n}_proj.weight"] = m[n][i].T
-            if cfg.mlp_bias:
-                out[h + f"mlp.{n}_proj.bias"] = m[n + "_bias"][i]
-    out["lm_head.weight"] = p["embed"]["tok"] if cfg.tie_embeddings else p["unembed"]["w"].T
+        separate_attention_to_hf(out, h, a, i, cfg)
+        gated_mlp_to_hf(out, h, m, i, cfg)
     return out

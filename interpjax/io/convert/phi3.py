@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.config import Config
-from .common import Weights, activation, check_fields, merge_heads_out, rope_fields, split_heads_out
+from .common import (Weights, activation, check_fields, decoder_from_hf, decoder_to_hf, merge_heads_out, rope_fields,
+                     split_heads_out)
 
 MODEL_TYPES = ("phi3",)
 PREFIXES = ("model.", "")
@@ -42,28 +43,20 @@ def params_from_hf(w: Weights, cfg: Config) -> dict:
     gate_up = "layers.{}.mlp.gate_up_proj.weight"
     mlp = {"gate": w.stack(gate_up, L, lambda a: a[:F].T), "up": w.stack(gate_up, L, lambda a: a[F:].T),
            "down": w.stack("layers.{}.mlp.down_proj.weight", L, lambda a: a.T)}
-    p = {
-        "embed": {"tok": w("embed_tokens.weight")},
-        "layers": {"ln1": {"scale": w.stack("layers.{}.input_layernorm.weight", L)},
-                   "ln2": {"scale": w.stack("layers.{}.post_attention_layernorm.weight", L)},
-                   "attn": attn, "mlp": mlp},
-        "final_norm": {"scale": w("norm.weight")},
-    }
-    if not cfg.tie_embeddings:
-        p["unembed"] = {"w": w("lm_head.weight").T}
-    return p
+    return decoder_from_hf(w, cfg, {"ln1": {"scale": w.stack("layers.{}.input_layernorm.weight", L)},
+                                    "ln2": {"scale": w.stack("layers.{}.post_attention_layernorm.weight", L)},
+                                    "attn": attn, "mlp": mlp})
 
 
 def params_to_hf(p: dict, cfg: Config) -> dict:
-    a, m, pre = p["layers"]["attn"], p["layers"]["mlp"], "model."
-    out = {pre + "embed_tokens.weight": p["embed"]["tok"], pre + "norm.weight": p["final_norm"]["scale"]}
+    a, m = p["layers"]["attn"], p["layers"]["mlp"]
+    out = decoder_to_hf(p, cfg)
     for i in range(cfg.n_layers):
-        h = f"{pre}layers.{i}."
+        h = f"model.layers.{i}."
         out[h + "input_layernorm.weight"] = p["layers"]["ln1"]["scale"][i]
         out[h + "post_attention_layernorm.weight"] = p["layers"]["ln2"]["scale"][i]
         out[h + "self_attn.qkv_proj.weight"] = np.concatenate([merge_heads_out(a[n][i]) for n in ("q", "k", "v")])
         out[h + "self_attn.o_proj.weight"] = a["o"][i].reshape(-1, cfg.d_model).T
         out[h + "mlp.gate_up_proj.weight"] = np.concatenate([m["gate"][i].T, m["up"][i].T])
         out[h + "mlp.down_proj.weight"] = m["down"][i].T
-    out["lm_head.weight"] = p["embed"]["tok"] if cfg.tie_embeddings else p["unembed"]["w"].T
     return out
