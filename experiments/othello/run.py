@@ -68,14 +68,14 @@ def make_legal_rate(cfg: Config, tokens_NT: np.ndarray, legal_NTV: np.ndarray, c
     def rate(params):
         from interpjax.core.model import run
 
-        hits = 0.0
+        hits = jnp.zeros((), jnp.float32)
         for s in range(0, tok.shape[0], chunk):
             t = tok[s:s + chunk]
             logits = run(cfg, params, t, jnp.ones_like(t), None, (), (), ())[0]
             pred = jnp.argmax(logits[..., 1:], -1) + 1  # never predict padding
             hits = hits + jnp.sum(jnp.take_along_axis(legal[s:s + chunk], pred[..., None], -1)[..., 0]
-                                  & has_move[s:s + chunk])
-        return {"legal_rate": hits / jnp.sum(has_move)}
+                                  & has_move[s:s + chunk]).astype(jnp.float32)
+        return {"legal_rate": hits / jnp.sum(has_move).astype(jnp.float32)}
 
     return rate
 
