@@ -172,9 +172,15 @@ def integrated_gradients(model, tokens, answers, *, attention_mask=None, site: s
     dtype = M.compute_dtype(model.params)
     probe = Scale(site, layer=layers[0], factor=jnp.ones(F, dtype), positions=jnp.asarray(pos[:, None]))
     ivmod.validate((probe,), cfg, B, T, dtype)
-    attr, full, base = _ig_jit(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers),
-                               jnp.asarray(pos), jnp.asarray(layers), jnp.asarray(alphas), jnp.asarray(weights), site,
-                               metric, int(batch_size or len(alphas)))
+    chunk = int(batch_size or len(alphas))
+    if _last_position_only(cfg, pos, T):
+        attr, full, base = _ig_last_jit(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask),
+                                        jnp.asarray(answers), jnp.asarray(layers), jnp.asarray(alphas),
+                                        jnp.asarray(weights), site, metric, chunk)
+    else:
+        attr, full, base = _ig_jit(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers),
+                                   jnp.asarray(pos), jnp.asarray(layers), jnp.asarray(alphas), jnp.asarray(weights),
+                                   site, metric, chunk)
     return IGResult(np.asarray(attr), np.asarray(full), np.asarray(base), layers, site, pos, int(steps), rule, metric,
                     model_identity(model))
 
@@ -203,6 +209,68 @@ def _ig_impl(cfg, params, tokens_BT, mask_BT, answers_B, positions_B, layers_L, 
 
 
 _ig_jit = jax.jit(_ig_impl, static_argnums=(0, 9, 10, 11))
+
+
+# ---------------------------------------------------------------------------------------------
+# last-position edits of a causal model: only the last token needs recomputing
+
+
+def _last_position_only(cfg, positions_B, T: int) -> bool:
+    """True when every edit sits at the last position of a causal model: the earlier positions'
+    keys and values are then untouched by it and can be computed once."""
+    pos = np.asarray(positions_B)
+    return bool(cfg.causal) and T > 1 and bool(np.all(np.where(pos < 0, pos + T, pos) == T - 1))
+
+
+def _prefix_state(cfg, params, tokens_BT, mask_BT):
+    """Clean keys/values of positions 0..T-2 at every layer ([L, B, T-1, K, H] each), the last
+    token's embedding [B, 1, D] and the attention context of that one query over all T keys."""
+    B, T = tokens_BT.shape
+    pos_BT = M.positions_from_mask(mask_BT)
+    idx_BT = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+    ctx = M.make_ctx(cfg, idx_BT, mask_BT, idx_BT, mask_BT, rope_pos_BT=pos_BT)
+    x_BTD = M.embed(cfg, params, tokens_BT, pos_BT)
+    _, _, (k, v) = M.run_layers(cfg, params, x_BTD, ctx, (), (), (), return_kv=True)
+    ctx_last = M.make_ctx(cfg, idx_BT[:, -1:], mask_BT[:, -1:], idx_BT, mask_BT, rope_pos_BT=pos_BT[:, -1:])
+    return (k[:, :, :-1], v[:, :, :-1]), x_BTD[:, -1:], ctx_last
+
+
+def _last_logits(cfg, params, x_1D, kv, ctx_b, ivs):
+    """Logits [V] of one prompt's last token run through every layer with ``ivs`` (one-token
+    frame), attending to its clean prefix ``kv`` ([L, S0, K, H] each)."""
+    ctx1 = jax.tree.map(lambda a: a[None], ctx_b)
+    past = (kv[0][:, None], kv[1][:, None])
+    y, _, _ = M.run_layers(cfg, params, x_1D[None], ctx1, ivs, (), (), past_kv=past)
+    return M.final_logits(cfg, params, y)[0, -1]
+
+
+def _ig_last_impl(cfg, params, tokens_BT, mask_BT, answers_B, layers_L, alphas_S, weights_S, site, metric, chunk):
+    """``_ig_impl`` for edits at the last position of a causal model, on one-token runs over the
+    cached prefix (the same numbers, about T times cheaper); prompts run one after another."""
+    F = feature_shape(cfg, site)[0]
+    dtype = M.compute_dtype(params)
+    kv, x_B1D, ctx = _prefix_state(cfg, params, tokens_BT, mask_BT)
+
+    def per_prompt(xs):
+        x_1D, kv_b, ctx_b, answer = xs
+
+        def f(layer, s_F):
+            iv = Scale(site, layer=layer, factor=s_F.astype(dtype))
+            return answer_metric(_last_logits(cfg, params, x_1D, kv_b, ctx_b, (iv,)), answer, metric)
+
+        def one_layer(layer):
+            grad_at = lambda a: jax.grad(f, argnums=1)(layer, jnp.full((F,), a, F32))
+            grads_SF = jax.lax.map(grad_at, alphas_S, batch_size=chunk)
+            return jnp.einsum("s,sf->f", weights_S, grads_SF), f(layer, jnp.ones((F,), F32)), f(layer, jnp.zeros((F,), F32))
+
+        return jax.vmap(one_layer)(layers_L)
+
+    kv_B = (jnp.moveaxis(kv[0], 1, 0), jnp.moveaxis(kv[1], 1, 0))
+    ig, full, base = jax.lax.map(per_prompt, (x_B1D, kv_B, ctx, answers_B))
+    return ig, full[:, 0], base
+
+
+_ig_last_jit = jax.jit(_ig_last_impl, static_argnums=(0, 8, 9, 10))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,3 +369,106 @@ def neuron_effect(model, tokens, answers, neurons, factor: float, *, attention_m
     iv = scale_neurons(model, neurons, factor, site=site, positions=positions)
     after = answer_probs(model, tokens, answers, attention_mask=attention_mask, interventions=iv)
     return (after - before) / np.maximum(before, 1e-12)
+
+
+def scaled_answer_probs(model, tokens, answers, factors_CLF, *, attention_mask=None, prompts_CP=None,
+                        site: str = "mlp_post") -> np.ndarray:
+    """[C, P] answer probabilities with the neurons of ``site`` multiplied by ``factors_CLF[c]``
+    ([C, n_layers, F]; 1 leaves a neuron alone) at the last position, for the prompts
+    ``prompts_CP[c]`` (row indices into ``tokens``; default every prompt for every c).
+
+    Many edited runs at once, e.g. one fact's knowledge neurons and its random controls, each on
+    that fact's prompts. On a causal model the clean keys/values of the positions before the last
+    are computed once and every edited run is a one-token run over them."""
+    cfg = require_model(model, "scaled_answer_probs").cfg
+    tokens, mask, answers = _check_prompts(model, tokens, attention_mask, answers)
+    _check_site_layers(cfg, site, None)
+    B, T = tokens.shape
+    F = feature_shape(cfg, site)[0]
+    factors = np.asarray(factors_CLF)
+    if factors.ndim != 3 or factors.shape[1:] != (cfg.n_layers, F):
+        raise ValueError(f"factors_CLF must be [C, {cfg.n_layers}, {F}] (conditions, layers, neurons), "
+                         f"got shape {factors.shape}")
+    if not np.all(np.isfinite(factors)):
+        raise ValueError("factors_CLF holds non-finite values")
+    C = factors.shape[0]
+    idx = np.broadcast_to(np.arange(B), (C, B)) if prompts_CP is None else np.asarray(prompts_CP)
+    if idx.ndim != 2 or idx.shape[0] != C or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"prompts_CP must be integer row indices [C={C}, P], got {idx.dtype.name} {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= B):
+        raise ValueError(f"prompts_CP must index the {B} prompts (0..{B - 1}), got {idx.min()}..{idx.max()}")
+    dtype = M.compute_dtype(model.params)
+    if not cfg.causal or T == 1:
+        out = np.zeros(idx.shape, np.float32)
+        for c in range(C):
+            rows = idx[c]
+            iv = Custom(site, _scale_rows, layer=jnp.arange(cfg.n_layers),
+                        params={"factor_LF": jnp.asarray(factors[c], F32), "position": jnp.asarray(-1, jnp.int32),
+                                "all_positions": jnp.asarray(False)})
+            out[c] = answer_probs(model, tokens[rows], answers[rows], attention_mask=mask[rows], interventions=iv)
+        return out
+    return np.asarray(_scaled_last_jit(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers),
+                                       jnp.asarray(factors, F32).astype(dtype), jnp.asarray(idx, jnp.int32), site))
+
+
+def _scaled_last_impl(cfg, params, tokens_BT, mask_BT, answers_B, factors_CLF, idx_CP, site):
+    kv, x_B1D, ctx = _prefix_state(cfg, params, tokens_BT, mask_BT)
+    kv_B = (jnp.moveaxis(kv[0], 1, 0), jnp.moveaxis(kv[1], 1, 0))
+    layers = jnp.arange(cfg.n_layers)
+
+    def one_condition(xs):
+        factor_LF, rows_P = xs
+        iv = Custom(site, _scale_one_token, layer=layers, params={"factor_LF": factor_LF})
+
+        def one_prompt(b):
+            kv_b = (kv_B[0][b], kv_B[1][b])
+            ctx_b = jax.tree.map(lambda a: a[b], ctx)
+            logits = _last_logits(cfg, params, x_B1D[b], kv_b, ctx_b, (iv,))
+            return answer_metric(logits, answers_B[b], "prob")
+
+        return jax.vmap(one_prompt)(rows_P)
+
+    return jax.lax.map(one_condition, (factors_CLF, idx_CP))
+
+
+def _scale_one_token(x_BTF, layer_index, p):
+    """Custom body for one-token runs: multiply this layer's neurons by p["factor_LF"][layer]."""
+    return x_BTF * p["factor_LF"][layer_index].astype(x_BTF.dtype)
+
+
+_scaled_last_jit = jax.jit(_scaled_last_impl, static_argnums=(0, 7))
+
+
+def activation_matched_neurons(neurons, scores_LF, rng: np.random.Generator, *, pool: int = 10,
+                               exclude=None) -> np.ndarray:
+    """A random control for ``neurons`` [K, 2] matched on a per-neuron score (e.g. mean |activation|
+    on the prompts the neurons were found on): for each (layer, j), one other neuron of the same
+    layer drawn uniformly from the ``pool`` neurons whose ``scores_LF[layer]`` are nearest to
+    ``scores_LF[layer, j]``, never one of ``exclude`` (default: ``neurons``) or one drawn already.
+    ``scores_LF`` has one row per model layer. Returns int32 [K, 2] in the order of ``neurons``."""
+    s = np.asarray(scores_LF, np.float64)
+    if s.ndim != 2 or not np.all(np.isfinite(s)):
+        raise ValueError(f"scores_LF must be a finite [layers, neurons] array, got shape {s.shape}")
+    L, F = s.shape
+    n = np.asarray(neurons)
+    if n.size == 0:
+        return np.zeros((0, 2), np.int32)
+    if n.ndim != 2 or n.shape[1] != 2 or not np.issubdtype(n.dtype, np.integer):
+        raise ValueError(f"neurons must be integer (layer, neuron) rows [K, 2], got {n.dtype.name} {n.shape}")
+    if n[:, 0].min() < 0 or n[:, 0].max() >= L or n[:, 1].min() < 0 or n[:, 1].max() >= F:
+        raise ValueError(f"neurons must lie in layers 0..{L - 1} and neurons 0..{F - 1}")
+    if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1:
+        raise ValueError(f"pool must be an integer >= 1, got {pool!r}")
+    ex = n if exclude is None else np.asarray(exclude).reshape(-1, 2)
+    taken = np.zeros((L, F), bool)
+    taken[ex[:, 0], ex[:, 1]] = True
+    out = np.zeros_like(n, dtype=np.int32)
+    for i, (layer, j) in enumerate(n.tolist()):
+        free = np.nonzero(~taken[layer])[0]
+        if free.size == 0:
+            raise ValueError(f"layer {layer}: no neuron left to draw")
+        near = free[np.argsort(np.abs(s[layer, free] - s[layer, j]), kind="stable")[:pool]]
+        pick = int(rng.choice(near))
+        taken[layer, pick] = True
+        out[i] = (layer, pick)
+    return out

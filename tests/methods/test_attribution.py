@@ -3,10 +3,6 @@ knowledge neurons (filtering, suppress/amplify interventions), on tiny random mo
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,9 +13,8 @@ from interpjax.methods import attribution as attr_mod
 from interpjax.methods import skill_neurons as sn
 from interpjax.methods.attribution import (IGResult, answer_probs, integrated_gradients, knowledge_neurons,
                                            matched_random_neurons, neuron_effect, neuron_factors, path_points,
-                                           scale_neurons)
+                                           scale_neurons, scaled_answer_probs)
 
-from conftest import REPO, needs_stories
 
 TOKENS = np.array([[5, 17, 33, 2, 40, 9], [7, 7, 1, 3, 99, 50]], np.int32)
 
@@ -236,16 +231,24 @@ def test_random_neurons_matched_per_layer(llama):
                                exclude=np.array([[0, i] for i in range(F // 2, F)]))
 
 
-@needs_stories
 @pytest.mark.slow
-def test_knowledge_neurons_experiment_quick(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "experiments/knowledge_neurons/run.py"), "--quick", "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads((tmp_path / "quick" / "results.json").read_text())
-    assert res["facts"], res
-    for fact in res["facts"]:
-        assert fact["n_neurons"] >= 1
-        assert fact["completeness_gap_mean"] < 0.05  # 8 trapezoid steps: quadrature error left
-    # suppressing a fact's knowledge neurons lowers its answer probability more than random neurons do
-    assert res["summary"]["suppress_kn"] < res["summary"]["suppress_random"]
+def test_last_position_paths_equal_full_sequence_runs(llama, monkeypatch):
+    """IG at the last position and ``scaled_answer_probs`` reuse the clean prefix (one-token runs):
+    equal to the full-sequence runs they replace, with left padding."""
+    model, answers = llama
+    mask = np.ones(TOKENS.shape, np.int32)
+    mask[0, :2] = 0
+    fast = integrated_gradients(model, TOKENS, answers, attention_mask=mask, layers=[0, 2], steps=3, rule="trapezoid")
+    monkeypatch.setattr(attr_mod, "_last_position_only", lambda *a: False)
+    slow = integrated_gradients(model, TOKENS, answers, attention_mask=mask, layers=[0, 2], steps=3, rule="trapezoid")
+    monkeypatch.undo()
+    np.testing.assert_allclose(fast.attributions, slow.attributions, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(fast.baseline, slow.baseline, rtol=1e-5)
+    sets = [np.array([[0, 3], [1, 5]]), np.array([[2, 7]])]
+    factors = np.stack([neuron_factors(model, sets[0], 0.0), neuron_factors(model, sets[1], 2.0)])
+    got = scaled_answer_probs(model, TOKENS, answers, factors, attention_mask=mask, prompts_CP=np.array([[1, 0], [0, 0]]))
+    for c, (nset, f) in enumerate(zip(sets, (0.0, 2.0))):
+        want = answer_probs(model, TOKENS, answers, attention_mask=mask, interventions=scale_neurons(model, nset, f))
+        np.testing.assert_allclose(got[c], want[[1, 0] if c == 0 else [0, 0]], rtol=1e-5)
+    with pytest.raises(ValueError, match="factors_CLF must be"):
+        scaled_answer_probs(model, TOKENS, answers, factors[:, :1])
