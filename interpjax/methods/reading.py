@@ -272,10 +272,10 @@ the colour saturates).</p>
 
 def heatmap_png(s: TokenScan, path, title: str = "") -> Path:
     """Token x layer heatmap of a scan (layers as rows), written atomically."""
-    from ..io.plots import heatmap
+    from ..io.plots import labelled_heatmap
 
     lim = _colour_limit(s.scores_TL)
-    return heatmap(s.scores_TL.T, path, [f"L{l}" for l in s.layers], [t.strip() or "·" for t in s.tokens],
+    return labelled_heatmap(s.scores_TL.T, path, [f"L{l}" for l in s.layers], [t.strip() or "·" for t in s.tokens],
                    title=title or f"LAT scan: {s.label}", cmap="RdYlGn", vmin=-lim, vmax=lim, cbar_label="score",
                    ylabel="layer")
 

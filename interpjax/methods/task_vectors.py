@@ -142,18 +142,32 @@ def _edited_top1(cfg, params, tokens, mask, site, edit, layers_L, vectors_LD):
     return jax.vmap(one)(layers_L, vectors_LD)
 
 
+def edited_predictions(model, tokens, vectors, *, attention_mask=None, site="resid_pre", edit="patch",
+                       layers=None):
+    """Top-1 next token of every prompt with ``vectors[i]`` patched into (``edit="patch"``) or added
+    to (``edit="add"``) ``site`` at layer ``layers[i]``, last position: ids [len(layers), B]. The
+    per-prompt form of ``patch_accuracy`` / ``add_accuracy`` (for bootstrap intervals over prompts)."""
+    cfg = require_model(model, "edited_predictions").cfg
+    if edit not in ("patch", "add"):
+        raise ValueError(f"edit={edit!r}: use 'patch' or 'add'")
+    _residual_site(site)
+    tokens, mask = _prompts(model, tokens, attention_mask)
+    layers = np.asarray(inputs.check_layers(cfg, layers, unique=False, allow_empty=False), np.int32)
+    vectors = np.asarray(vectors)
+    if vectors.shape != (len(layers), cfg.d_model):
+        raise ValueError(f"vectors must be [layers={len(layers)}, d_model={cfg.d_model}], got {vectors.shape}")
+    vectors = vectors.astype(M.compute_dtype(model.params))
+    return np.asarray(_edited_top1(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), site, edit,
+                                   jnp.asarray(layers), jnp.asarray(vectors)))
+
+
 def _per_layer_accuracy(model, tokens, answers, vectors, attention_mask, site, edit, layers) -> LayerAccuracy:
     cfg = require_model(model, f"{edit}_accuracy").cfg
     _residual_site(site)
     tokens, mask = _prompts(model, tokens, attention_mask)
     answers = _answers(model, answers, tokens.shape[0])
     layers = np.asarray(inputs.check_layers(cfg, layers, unique=False, allow_empty=False), np.int32)
-    vectors = np.asarray(vectors)
-    if vectors.shape != (len(layers), cfg.d_model):
-        raise ValueError(f"vectors must be [layers={len(layers)}, d_model={cfg.d_model}], got {vectors.shape}")
-    vectors = vectors.astype(M.compute_dtype(model.params))
-    top = np.asarray(_edited_top1(cfg, model.params, jnp.asarray(tokens), jnp.asarray(mask), site, edit,
-                                  jnp.asarray(layers), jnp.asarray(vectors)))
+    top = edited_predictions(model, tokens, vectors, attention_mask=mask, site=site, edit=edit, layers=layers)
     return LayerAccuracy(edit, site, layers, (top == answers[None]).mean(1), model_identity(model))
 
 
