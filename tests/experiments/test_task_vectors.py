@@ -3,13 +3,11 @@ against its other-task control, the same assertion failing with random vectors, 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_real_lm
+from conftest import load_experiment, needs_real_lm
 
 from interpjax import evidence
 
@@ -19,11 +17,7 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def tvrun():
-    spec = importlib.util.spec_from_file_location("exp_task_vectors_run", HERE / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("task_vectors")
 
 
 @pytest.mark.slow

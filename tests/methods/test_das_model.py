@@ -4,7 +4,6 @@ on the real stories260k checkpoint."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import STORIES, needs_stories
+from conftest import load_experiment, STORIES, needs_stories
 from interpjax.core.handle import Model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,10 +24,7 @@ import price_text as pt  # noqa: E402
 
 
 def load_run():
-    spec = importlib.util.spec_from_file_location("das_run", DAS / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("das")
 
 
 class FakeTokenizer:

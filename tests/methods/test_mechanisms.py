@@ -1,9 +1,6 @@
 """Attention knockout / attribute rate (Geva et al.), task vectors (Hendel et al.) and function
 vectors (Merullo et al.): each vmapped API equals the loop of single edited runs it replaces."""
 
-import importlib.util
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +15,7 @@ from interpjax.methods.knockout import (AttributeRateResult, KnockoutResult, att
                                         key_positions, sublayer_knockout)
 from interpjax.worlds import facts, icl
 
-from conftest import REPO, needs_stories
+from conftest import load_experiment
 
 
 @pytest.fixture
@@ -333,8 +330,4 @@ def test_skill_neuron_noise_touches_only_the_chosen_neurons(tiny_model, name):
 
 
 def _experiment(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", REPO / "experiments" / name / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment(name)

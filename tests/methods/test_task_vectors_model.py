@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REPO, STORIES, needs_stories
+from conftest import STORIES, load_experiment, needs_stories
 
 from interpjax.worlds import word_tasks
 
@@ -101,11 +101,7 @@ def test_answer_token_in_context_and_across_a_merged_boundary():
 
 
 def test_model_label_never_records_a_path(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tv_run", REPO / "experiments/task_vectors/run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = load_experiment("task_vectors")
     folder = tmp_path / "my-model"
     folder.mkdir()
     assert run.model_label(str(folder)) == "my-model" and run.model_label(str(folder) + "/") == "my-model"
