@@ -156,7 +156,8 @@ def _check_positions(T: int, by, positions) -> np.ndarray:
     return np.where(ps < 0, ps + T, ps).astype(np.int32)
 
 
-def _check_pair(cfg, clean, corrupted, attention_mask):
+def check_pair(cfg, clean, corrupted, attention_mask):
+    """Clean / corrupted token arrays of one shape and their mask, checked (shared with ``eap``)."""
     clean_np, corrupt_np = np.asarray(clean), np.asarray(corrupted)
     if clean_np.shape != corrupt_np.shape:
         raise ValueError(f"clean tokens {clean_np.shape} and corrupted tokens {corrupt_np.shape} must have the same "
@@ -181,7 +182,7 @@ def _drop_grad(x, layer_index, p):
     return jnp.where(layer_index == p["drop"], jax.lax.stop_gradient(x), x)
 
 
-def _readout(cfg, params, final_BTD, tokens_BT):
+def metric_readout(cfg, params, final_BTD, tokens_BT):
     """The ``Readout`` a sweep metric sees, on a full run's final residual; ``.base`` is the same
     run with no gradient (in a sweep the base run does not depend on the variant's edit)."""
     base_final = jax.lax.stop_gradient(final_BTD)
@@ -265,7 +266,7 @@ def _atp_program(params, clean_BT, corrupt_BT, mask_BT, positions_P, drops_D, *,
         if drops_D.shape[0] > 1:  # GradDrop: stop the gradient through one layer's branches
             ivs += [Custom(s, _drop_grad, layer=all_L, params={"drop": drop}) for s in ("attn_out", "mlp_out")]
         _, rec = M.run(cfg, params, corrupt_BT, mask_BT, None, tuple(ivs), (site, "final"), layers)
-        out = metric(_readout(cfg, params, rec["final"], corrupt_BT))
+        out = metric(metric_readout(cfg, params, rec["final"], corrupt_BT))
         return jnp.asarray(out).astype(F32), rec[site]
 
     def grads(drop):
@@ -333,21 +334,24 @@ def _title(site, by, layers, correction):
     return f"{what}{extra} estimate of patching {site} per head (clean -> corrupted){tail}"
 
 
-def _check_metric(cfg, params, tokens_BT, mask_BT, metric):
-    """Trace the metric on the corrupted run (no compute): it must return one scalar."""
+def check_scalar_metric(cfg, params, tokens_BT, mask_BT, metric, who: str = "atp", run: str = "corrupted"):
+    """Trace the metric on one run (no compute): it must be callable and return one scalar
+    (shared with ``eap``; ``who`` / ``run`` name the caller and the run in the errors)."""
+    if not callable(metric):
+        raise ValueError(f"metric must be a callable taking a Readout, got {type(metric).__name__}")
     def one(params):
         _, rec = M.run(cfg, params, tokens_BT, mask_BT, None, (), ("final",), ())
-        return metric(_readout(cfg, params, rec["final"], tokens_BT))
+        return metric(metric_readout(cfg, params, rec["final"], tokens_BT))
 
     try:
         out = jax.eval_shape(one, params)
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - report metric bugs before any compute
-        raise ValueError(f"the metric failed on the corrupted run: {type(e).__name__}: {e}") from e
+        raise ValueError(f"the metric failed on the {run} run: {type(e).__name__}: {e}") from e
     leaves = jax.tree.leaves(out)
     if len(leaves) != 1 or tuple(getattr(leaves[0], "shape", (None,))) != ():
-        raise ValueError(f"atp needs a metric returning one scalar per run, got {out}")
+        raise ValueError(f"{who} needs a metric returning one scalar per run, got {out}")
 
 
 def atp(model, clean, corrupted, metric, site: str = "resid_pre", layers=None, positions=None, heads=None,
@@ -363,11 +367,11 @@ def atp(model, clean, corrupted, metric, site: str = "resid_pre", layers=None, p
     ls = inputs.check_layers(cfg, layers, allow_empty=False)
     by = _check_by(site, by, ls)
     hs = _check_heads(cfg, site, heads)
-    clean_BT, corrupt_BT, mask_BT = _check_pair(cfg, clean, corrupted, attention_mask)
+    clean_BT, corrupt_BT, mask_BT = check_pair(cfg, clean, corrupted, attention_mask)
     ps = _check_positions(int(clean_BT.shape[1]), by, positions)
     if not callable(metric):
         raise ValueError(f"metric must be a callable taking a Readout, got {type(metric).__name__}")
-    _check_metric(cfg, params, corrupt_BT, mask_BT, metric)
+    check_scalar_metric(cfg, params, corrupt_BT, mask_BT, metric)
     graddrop = "graddrop" in correction
     drops = np.arange(-1, cfg.n_layers if graddrop else 0, dtype=np.int32)
     base, prod, fix = _atp_program(params, clean_BT, corrupt_BT, mask_BT, jnp.asarray(ps), jnp.asarray(drops),
@@ -507,7 +511,7 @@ def verify(model, clean, corrupted, metric, estimate, top_k: int, n_random: int 
     n = int(np.size(estimate.values))
     top_k = _check_int("top_k", top_k, 1, n)
     n_random = _check_int("n_random", n_random, 0, n - top_k)
-    clean_BT, corrupt_BT, mask_BT = _check_pair(cfg, clean, corrupted, attention_mask)
+    clean_BT, corrupt_BT, mask_BT = check_pair(cfg, clean, corrupted, attention_mask)
     if "position" in estimate.axes and max(estimate.positions) >= clean_BT.shape[1]:
         raise ValueError(f"estimate positions {list(estimate.positions)} do not fit {clean_BT.shape[1]} tokens")
     effects = estimate.effects
