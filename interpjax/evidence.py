@@ -28,7 +28,8 @@ from .io.plots import save_figure
 VERDICTS = ("reproduced", "partly", "not reproduced")
 BLOCK_RE = re.compile(r"<!-- results: (?P<file>[^ ]+) -->\n(?P<body>.*?)<!-- /results -->", re.S)
 VERDICT_RE = re.compile(r"^Verdict: (reproduced|partly|not reproduced) — .+", re.M)
-METHOD_ID_RE = re.compile(r"\bM([1-9]|1[0-9]|2[0-5])\b")
+# M1-M25: ../shared/METHODS.md; T1-T3: the circuit and feature toolbox (experiments/README.md lists them)
+METHOD_ID_RE = re.compile(r"\b(M([1-9]|1[0-9]|2[0-5])|T[1-3])\b")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def readme_problems(readme) -> list[str]:
     text = readme.read_text()
     problems = []
     if not METHOD_ID_RE.search(text.split("\n", 3)[0] + "\n" + text[:2000]):
-        problems.append(f"{readme}: names no METHODS.md id (M1-M25) near the top")
+        problems.append(f"{readme}: names no METHODS.md id (M1-M25) or toolbox id (T1-T3) near the top")
     last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
     if not VERDICT_RE.match(last):
         problems.append(f"{readme}: last line is not 'Verdict: reproduced | partly | not reproduced — ...': {last[:80]!r}")

@@ -16,7 +16,7 @@ FOLDERS = sorted(p.name for p in EXP.iterdir() if (p / "run.py").exists())
 
 
 def _status_table() -> dict[str, str]:
-    rows = re.findall(r"^\| (\w+) \| (M[\d, M]+) \| (meets|pending)\b", (EXP / "README.md").read_text(), re.M)
+    rows = re.findall(r"^\| (\w+) \| ([MT][\d, MT]+) \| (meets|pending)\b", (EXP / "README.md").read_text(), re.M)
     return {folder: status for folder, _, status in rows}
 
 
