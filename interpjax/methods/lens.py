@@ -39,6 +39,7 @@ from ..io.artifacts import model_fingerprint  # noqa: F401 (re-exported: lens_me
 from .result import Result
 from ..core.handle import require_model
 from ..train import TokenStream, TrainConfig, Trainer, check_train_tokens  # noqa: F401 (TokenStream re-exported)
+from ..train.optimizers import optax_promotion
 
 F32 = jnp.float32
 COLOR_BY = ("prob", "entropy")
@@ -483,3 +484,251 @@ def evaluate_lens(cfg: Config, params: dict, batches: Iterable, lens: TunedLens 
         raise ValueError("no evaluation batches")
     return {"layers": lens_names(cfg), "ppl": np.exp(nll / n_pred).tolist(), "kl": (kl / n_tok).tolist(),
             "depth_hist": depth.tolist(), "tokens": int(n_tok)}
+
+
+# ---------------------------------------------------------------------------------------------
+# per-sequence evaluation (for intervals over blocks)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _eval_rows(arrays, cfg, params, tokens_BT, control_BT):
+    logits, resid = _residuals(cfg, params, tokens_BT, jnp.ones(tokens_BT.shape, jnp.int32))
+    lens_logits = decode(cfg, params, translate(arrays, resid))  # [L+1, B, T, V]
+    logq = jax.nn.log_softmax(lens_logits[:, :, :-1].astype(F32), axis=-1)
+
+    def nll(targets_BT):
+        idx = jnp.broadcast_to(targets_BT[None, :, :, None], logq.shape[:-1] + (1,))
+        return -jnp.take_along_axis(logq, idx, axis=-1)[..., 0].mean(2)
+
+    kl = _kl_rows(lens_logits, logits)
+    depth = prediction_depth(jnp.argmax(lens_logits, axis=-1))
+    return nll(tokens_BT[:, 1:]), nll(control_BT), kl.mean(2), depth
+
+
+def evaluate_lens_per_sequence(cfg: Config, params: dict, tokens_BT, lens: TunedLens | None = None,
+                               control_targets=None) -> dict:
+    """Per lens row and sequence: mean next-token NLL ``nll_LB`` and mean KL(final || lens) ``kl_LB``,
+    plus the prediction depth of every position ``depth_BT``; ``lens=None`` is the logit lens.
+    ``control_targets`` [B, T-1] (e.g. another text's next tokens) adds their NLL, ``nll_control_LB``.
+    Per-sequence values are what a bootstrap over held-out blocks resamples."""
+    if not cfg.causal:
+        raise ValueError("evaluate_lens_per_sequence measures next-token NLL, which needs a causal decoder; "
+                         f"this {cfg.family!r} model has bidirectional attention (cfg.causal=False)")
+    lens = lens if lens is not None else init_tuned_lens(cfg, params)
+    check_lens(lens, cfg, params)
+    tokens, _, _, _ = M.prepare(cfg, params, tokens_BT, None, None)
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [B, T] with T >= 2 (one next-token prediction); got shape {tokens.shape}")
+    tokens = tokens.astype(jnp.int32)
+    if control_targets is None:
+        control = tokens[:, 1:]
+    else:
+        c = np.asarray(control_targets)
+        B, T = tokens.shape
+        if c.shape != (B, T - 1) or not np.issubdtype(c.dtype, np.integer):
+            raise ValueError(f"control_targets must be integer ids shaped {(B, T - 1)}; got {c.dtype} {c.shape}")
+        if c.min() < 0 or c.max() >= cfg.vocab_size:
+            raise ValueError(f"control_targets must lie in 0..{cfg.vocab_size - 1}")
+        control = jnp.asarray(c, jnp.int32)
+    nll, nll_c, kl, depth = _eval_rows(lens.arrays(), cfg, params, tokens, control)
+    out = {"layers": lens_names(cfg), "nll_LB": np.asarray(nll, np.float64), "kl_LB": np.asarray(kl, np.float64),
+           "depth_BT": np.asarray(depth)}
+    if control_targets is not None:
+        out["nll_control_LB"] = np.asarray(nll_c, np.float64)
+    return out
+
+
+def shifted_lens(lens: TunedLens) -> TunedLens:
+    """A control lens: layer ``l`` gets the translator trained for layer ``l + 1`` (the last translated
+    layer gets layer ``L - 2``'s). A tuned lens whose gain is layer-specific loses it here."""
+    L = lens.weight_LDD.shape[0]
+    if L < 2:
+        raise ValueError(f"shifting translators needs at least 2 layers; this lens has {L}")
+    idx = np.concatenate([np.arange(1, L), [L - 2]])
+    return lens.replace(weight_LDD=lens.weight_LDD[idx], bias_LD=lens.bias_LD[idx])
+
+
+# ---------------------------------------------------------------------------------------------
+# causal basis extraction (Belrose et al. 2023, "Causal basis extraction")
+
+
+@dataclass(frozen=True)
+class CausalBasis:
+    """``k`` orthonormal residual directions at ``layer`` ([k, D], most lens-influential first), the
+    influence each had on the lens when found (mean KL, nats) and the mean residual ``mean_D`` that
+    ablation fills in."""
+
+    layer: int
+    directions_KD: np.ndarray
+    influence_K: np.ndarray
+    mean_D: np.ndarray
+
+
+def mean_ablate(x_ND, u_D, mean_D):
+    """``x`` with its component along the unit vector ``u`` replaced by the mean's: x - ((x - mean)·u) u."""
+    u = jnp.asarray(u_D, F32)
+    x = jnp.asarray(x_ND, F32)
+    return x - ((x - jnp.asarray(mean_D, F32)) @ u)[..., None] * u
+
+
+def _lens_row_logits(row: dict, cfg: Config, params: dict, x_ND):
+    """Logits [N, V] of one layer's translator ``row`` (``weight`` [D, D], ``bias`` [D]) on vectors x [N, D]."""
+    y = x_ND + x_ND @ row["weight"] + row["bias"]
+    return decode(cfg, params, y[None]).reshape(x_ND.shape[0], -1).astype(F32)
+
+
+def _kl_from_logp(logp_NV, logits_NV):
+    logq = jax.nn.log_softmax(logits_NV, axis=-1)
+    return jnp.sum(jnp.exp(logp_NV) * (logp_NV - logq), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _influence_one(row, cfg, params, x_ND, logp_NV, u_D, mean_D):
+    return _kl_from_logp(logp_NV, _lens_row_logits(row, cfg, params, mean_ablate(x_ND, u_D, mean_D)))
+
+
+def _check_layer_and_resid(cfg: Config, layer, resid_ND, what: str) -> None:
+    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < cfg.n_layers:
+        raise ValueError(f"{what}: layer must be an integer in 0..{cfg.n_layers - 1} (a translated lens row); "
+                         f"got {layer!r}")
+    shape = np.shape(resid_ND)
+    if len(shape) != 2 or shape[1] != cfg.d_model or shape[0] < 1:
+        raise ValueError(f"{what}: residuals must be [N, {cfg.d_model}] with N >= 1; got shape {shape}")
+
+
+def _unit_rows(directions_KD, D: int, what: str) -> jax.Array:
+    d = np.asarray(directions_KD, np.float64)
+    if d.ndim != 2 or d.shape[1] != D or d.shape[0] < 1:
+        raise ValueError(f"{what}: directions must be [K, {D}] with K >= 1; got shape {d.shape}")
+    norms = np.linalg.norm(d, axis=1)
+    if not np.all(np.isfinite(d)) or np.any(norms == 0):
+        raise ValueError(f"{what}: directions must be finite and non-zero (row norms {norms.round(4).tolist()})")
+    return jnp.asarray(d / norms[:, None], F32)
+
+
+def lens_influence(lens: TunedLens, cfg: Config, params: dict, layer: int, resid_ND, directions_KD,
+                   mean_D=None) -> np.ndarray:
+    """Influence [K, N] of each direction on the lens at ``layer``: KL(lens(x) || lens(x with the
+    direction mean-ablated)) per residual vector x. ``mean_D`` defaults to the mean of ``resid_ND``."""
+    check_lens(lens, cfg, params)
+    _check_layer_and_resid(cfg, layer, resid_ND, "lens_influence")
+    dirs = _unit_rows(directions_KD, cfg.d_model, "lens_influence")
+    x = jnp.asarray(resid_ND, F32)
+    mean = x.mean(0) if mean_D is None else jnp.asarray(mean_D, F32)
+    row = {"weight": lens.weight_LDD[layer], "bias": lens.bias_LD[layer]}
+    logp = jax.nn.log_softmax(_lens_row_logits(row, cfg, params, x), axis=-1)
+    return np.stack([np.asarray(_influence_one(row, cfg, params, x, logp, u, mean)) for u in dirs])
+
+
+def _project_out(v_D, basis_KD):
+    v = v_D - basis_KD.T @ (basis_KD @ v_D)
+    return v / jnp.linalg.norm(v)
+
+
+def _cbe_step_fn(cfg: Config, opt):
+    """One jitted projected-gradient-ascent step on the unit sphere orthogonal to ``basis_KD``."""
+
+    def loss(v, row, params, x, logp, mean):
+        return -jnp.mean(_kl_from_logp(logp, _lens_row_logits(row, cfg, params, mean_ablate(x, v / jnp.linalg.norm(v), mean))))
+
+    @jax.jit
+    def step(v, state, basis_KD, row, params, x, logp, mean):
+        val, g = jax.value_and_grad(loss)(v, row, params, x, logp, mean)
+        upd, state = opt.update(g, state, v)
+        return _project_out(v + upd, basis_KD), state, -val
+
+    return step
+
+
+def causal_basis(lens: TunedLens, cfg: Config, params: dict, layer: int, resid_ND, k: int, *, steps: int = 50,
+                 lr: float = 0.02, seed: int = 0) -> CausalBasis:
+    """Causal basis extraction: ``k`` orthonormal directions at ``layer`` whose mean-ablation most
+    changes the lens's output (mean KL), found greedily, each by ``steps`` of Adam on the unit
+    sphere orthogonal to the ones before; ``resid_ND`` are the residual vectors it is fitted on."""
+    import optax
+
+    check_lens(lens, cfg, params)
+    _check_layer_and_resid(cfg, layer, resid_ND, "causal_basis")
+    D = cfg.d_model
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= D:
+        raise ValueError(f"k must be an integer in 1..{D} (d_model); got {k!r}")
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number; got {lr!r}")
+    x = jnp.asarray(resid_ND, F32)
+    mean = x.mean(0)
+    row = {"weight": lens.weight_LDD[layer], "bias": lens.bias_LD[layer]}
+    logp = jax.nn.log_softmax(_lens_row_logits(row, cfg, params, x), axis=-1)
+    opt = optax_promotion(optax.adam(lr))
+    step = _cbe_step_fn(cfg, opt)
+    basis = jnp.zeros((k, D), F32)
+    keys = jax.random.split(jax.random.PRNGKey(seed), k)
+    found, influence = [], []
+    for i in range(k):
+        v = _project_out(jax.random.normal(keys[i], (D,), F32), basis)
+        state = opt.init(v)
+        val = jnp.zeros((), F32)
+        for _ in range(steps):
+            v, state, val = step(v, state, basis, row, params, x, logp, mean)
+        v64 = np.asarray(v, np.float64)
+        for u in found:  # exact re-orthogonalisation in float64
+            v64 = v64 - (v64 @ u) * u
+        v64 /= np.linalg.norm(v64)
+        found.append(v64)
+        basis = basis.at[i].set(jnp.asarray(v64, F32))
+        influence.append(float(np.mean(np.asarray(_influence_one(row, cfg, params, x, logp, basis[i], mean)))))
+    return CausalBasis(int(layer), np.stack(found), np.asarray(influence), np.asarray(mean, np.float64))
+
+
+def model_ablation_effect(model, tokens_BT, layer: int, directions_KD, mean_D, *, positions=None,
+                          attention_mask=None) -> np.ndarray:
+    """Causal effect [K, B] of each direction on the model: mean over ``positions`` (default all) of
+    KL(model output || output with the direction mean-ablated in ``resid_pre`` of ``layer``), the
+    ablation being a ``Project(mode="set")`` to the mean's component at those positions."""
+    from ..core.interventions import Project
+
+    require_model(model, "model_ablation_effect")
+    cfg, params = model.cfg, model.params
+    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < cfg.n_layers:
+        raise ValueError(f"layer must be an integer in 0..{cfg.n_layers - 1}; got {layer!r}")
+    dirs = _unit_rows(directions_KD, cfg.d_model, "model_ablation_effect")
+    mean = np.asarray(mean_D, np.float64)
+    if mean.shape != (cfg.d_model,):
+        raise ValueError(f"mean_D must have shape ({cfg.d_model},); got {mean.shape}")
+    tokens = np.asarray(tokens_BT)
+    T = tokens.shape[-1]
+    pos = np.arange(T) if positions is None else np.asarray(positions)
+    if pos.ndim != 1 or pos.size == 0 or pos.min() < 0 or pos.max() >= T:
+        raise ValueError(f"positions must be a non-empty 1-D array of indices in 0..{T - 1}; got {pos!r}")
+    clean = M.forward(cfg, params, tokens, attention_mask)
+    logp = jax.nn.log_softmax(jnp.asarray(clean, F32)[:, pos], axis=-1)
+    out = []
+    for u in dirs:
+        value = jnp.asarray(np.asarray(u, np.float64) @ mean, F32)
+        iv = Project(site="resid_pre", layer=jnp.asarray(layer, jnp.int32), direction=u, mode="set", value=value,
+                     positions=jnp.asarray(pos, jnp.int32))
+        ablated = jnp.asarray(M.forward(cfg, params, tokens, attention_mask, iv), F32)[:, pos]
+        out.append(np.asarray(_kl_from_logp(logp, ablated).mean(-1), np.float64))
+    return np.stack(out)
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length 1-D samples (ties get their mean rank)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size < 2:
+        raise ValueError(f"spearman needs two 1-D samples of equal length >= 2; got shapes {a.shape}, {b.shape}")
+
+    def ranks(x):
+        order = np.argsort(x, kind="stable")
+        r = np.empty(x.size)
+        r[order] = np.arange(x.size, dtype=np.float64)
+        for v in np.unique(x):
+            m = x == v
+            r[m] = r[m].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")

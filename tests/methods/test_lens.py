@@ -1,16 +1,15 @@
-"""Logit lens and tuned lens: exact identities, training, resume, prediction depth, refusals, experiments."""
+"""Logit lens and tuned lens: exact identities, training, resume, prediction depth, refusals, per-sequence
+evaluation, causal basis extraction."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, STORIES, needs_stories
+from conftest import STORIES
 
 from interpjax import Model
 from interpjax.methods import lens as LZ
@@ -227,34 +226,136 @@ def test_plot_trajectory_writes_png(tiny_model, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically, no temp file left
 
 
-def _run_quick(name, out, *extra):
-    res = subprocess.run([sys.executable, str(REPO / f"experiments/{name}/run.py"), "--quick", "--out", str(out), *extra],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((out / "quick" / "results.json").read_text())
+def test_per_sequence_evaluation_matches_evaluate_lens(tiny_model):
+    m, _ = tiny_model("llama")
+    cfg = m.cfg
+    tokens = _tokens(cfg, 3, 10, seed=4)
+    L, D = cfg.n_layers, cfg.d_model
+    lens = LZ.init_tuned_lens(cfg, m.params).replace(weight_LDD=0.05 * jax.random.normal(jax.random.PRNGKey(1), (L, D, D)))
+    agg = LZ.evaluate_lens(cfg, m.params, [tokens], lens)
+    per = LZ.evaluate_lens_per_sequence(cfg, m.params, tokens, lens)
+    assert per["nll_LB"].shape == per["kl_LB"].shape == (L + 1, 3) and per["depth_BT"].shape == (3, 10)
+    np.testing.assert_allclose(np.exp(per["nll_LB"].mean(1)), agg["ppl"], rtol=1e-5)
+    np.testing.assert_allclose(per["kl_LB"].mean(1), agg["kl"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.bincount(per["depth_BT"].ravel(), minlength=L + 1), agg["depth_hist"])
+    # control targets: the NLL of other ids, computed by hand from the lens logits
+    ctrl = np.roll(tokens[:, 1:], 1, axis=0)
+    got = LZ.evaluate_lens_per_sequence(cfg, m.params, tokens, lens, control_targets=ctrl)
+    logp = np.asarray(jax.nn.log_softmax(LZ.tuned_lens(lens, cfg, m.params, tokens)[:, :, :-1], -1), np.float64)
+    want = -np.take_along_axis(logp, ctrl[None, :, :, None], -1)[..., 0].mean(2)
+    np.testing.assert_allclose(got["nll_control_LB"], want, rtol=1e-5)
+    np.testing.assert_array_equal(got["nll_LB"], per["nll_LB"])
+    # the default lens is the logit lens
+    np.testing.assert_allclose(LZ.evaluate_lens_per_sequence(cfg, m.params, tokens)["kl_LB"].mean(1),
+                               LZ.evaluate_lens(cfg, m.params, [tokens])["kl"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"control_targets must be integer ids shaped \(3, 9\)"):
+        LZ.evaluate_lens_per_sequence(cfg, m.params, tokens, control_targets=ctrl[:, :-1])
 
 
-@needs_stories
-@pytest.mark.slow
-def test_logit_lens_experiment_quick(tmp_path):
-    res = _run_quick("logit_lens", tmp_path)
-    corpus = res["per_layer"]["handwritten corpus"]
-    assert corpus["kl"][-1] == 0.0 and corpus["ppl"][-1] < 10  # the model itself predicts this text well
-    assert all(a > b for a, b in zip(corpus["kl"], corpus["kl"][1:]))  # KL falls layer by layer
-    assert (tmp_path / "quick" / "trajectory_1_prob.png").stat().st_size > 10_000
-    (traj,) = res["trajectories"]
-    tracked = traj["tracked"][0]  # the opening quote after 'Tom said,'
-    assert traj["prompt"].endswith("Tom said,") and tracked["token"] == '_"'
-    assert tracked["rank"][-1] == 0 and tracked["rank"][0] > 0
+def test_shifted_lens_moves_each_translator_to_its_neighbour(tiny_model):
+    m, _ = tiny_model("llama")
+    L, D = m.cfg.n_layers, m.cfg.d_model
+    lens = LZ.init_tuned_lens(m.cfg, m.params).replace(
+        bias_LD=jnp.arange(L, dtype=jnp.float32)[:, None] * jnp.ones((L, D), jnp.float32))
+    got = LZ.shifted_lens(lens)
+    assert np.asarray(got.bias_LD)[:, 0].tolist() == list(range(1, L)) + [L - 2]
+    assert got.meta == lens.meta
 
 
-@needs_stories
-@pytest.mark.slow
-def test_tuned_lens_experiment_quick_beats_logit_lens(tmp_path):
-    res = _run_quick("tuned_lens", tmp_path, "--workdir", str(tmp_path / "work"), "--no-progress")
-    assert res["tuned_beats_logit_every_intermediate_layer"] == {
-        "corpus": {"ppl": True, "kl": True}, "templates": {"ppl": True, "kl": True}}
-    for s in ("corpus", "templates"):
-        assert res["eval"][f"tuned/{s}"]["ppl"][-1] == res["eval"][f"logit/{s}"]["ppl"][-1]
-    for f in ("perplexity.png", "prediction_depth.png", "trajectory_tuned.png", "lens.safetensors"):
-        assert (tmp_path / "quick" / f).stat().st_size > 0
+def _orthogonal_setup(m, layer=1):
+    """Residuals at ``layer`` of one short sequence, and a unit direction orthogonal to every one of them."""
+    tokens = _tokens(m.cfg, 1, 8, seed=5)
+    _, resid = LZ.residual_stack(m.cfg, m.params, tokens)
+    x = np.asarray(resid[layer, 0], np.float64)  # [8, D], D = 32 > 8: a null space exists
+    null = np.linalg.svd(x)[2][-1]
+    return tokens, np.asarray(resid[layer, 0]), null / np.linalg.norm(null)
+
+
+def test_causal_basis_is_orthonormal_and_beats_random_directions(tiny_model):
+    m, _ = tiny_model("llama")
+    cfg, layer = m.cfg, 1
+    _, resid = LZ.residual_stack(cfg, m.params, _tokens(cfg, 4, 12, seed=6))
+    x = np.asarray(resid[layer, :, 1:]).reshape(-1, cfg.d_model)
+    lens = LZ.init_tuned_lens(cfg, m.params)
+    basis = LZ.causal_basis(lens, cfg, m.params, layer, x, 4, steps=30, lr=0.05, seed=0)
+    V = basis.directions_KD
+    assert V.shape == (4, cfg.d_model) and basis.layer == layer
+    np.testing.assert_allclose(V @ V.T, np.eye(4), atol=1e-5)
+    np.testing.assert_allclose(basis.mean_D, x.mean(0), rtol=1e-5, atol=1e-6)
+    rand = np.random.default_rng(0).normal(size=(8, cfg.d_model))
+    infl = LZ.lens_influence(lens, cfg, m.params, layer, x, np.concatenate([V[:1], rand])).mean(1)
+    np.testing.assert_allclose(infl[0], basis.influence_K[0], rtol=1e-4)
+    assert infl[0] > infl[1:].max(), infl
+    assert basis.influence_K[0] >= basis.influence_K[-1]  # greedy: the first direction is the most influential found
+    # influence is the mean KL(lens || lens of the mean-ablated vectors), computed here by hand
+    u = V[0]
+    ablated = x - ((x - x.mean(0)) @ u)[:, None] * u
+    p = jax.nn.log_softmax(LZ.decode(cfg, m.params, jnp.asarray(x)), -1)
+    q = jax.nn.log_softmax(LZ.decode(cfg, m.params, jnp.asarray(ablated, jnp.float32)), -1)
+    np.testing.assert_allclose(infl[0], float(jnp.mean(jnp.sum(jnp.exp(p) * (p - q), -1))), rtol=1e-3)
+
+
+def test_mean_ablating_a_direction_orthogonal_to_every_activation_changes_nothing(tiny_model):
+    m, _ = tiny_model("llama")
+    cfg, layer = m.cfg, 1
+    tokens, x, null = _orthogonal_setup(m, layer)
+    lens = LZ.init_tuned_lens(cfg, m.params)
+    mean = np.asarray(x, np.float64).mean(0)
+    rand = np.random.default_rng(1).normal(size=cfg.d_model)
+    infl = LZ.lens_influence(lens, cfg, m.params, layer, x, np.stack([null, rand]), mean)
+    assert np.abs(infl[0]).max() < 1e-6 and infl[1].mean() > 1e-4, infl
+    eff = LZ.model_ablation_effect(m, tokens, layer, np.stack([null, rand]), mean)
+    assert eff.shape == (2, 1) and eff[0, 0] < 1e-6 and eff[1, 0] > 1e-4, eff
+
+
+def test_model_ablation_effect_equals_a_manual_project_intervention(tiny_model):
+    from interpjax import Patch
+
+    m, _ = tiny_model("llama")
+    cfg, layer = m.cfg, 2
+    tokens = _tokens(cfg, 2, 9, seed=7)
+    u = np.random.default_rng(2).normal(size=cfg.d_model)
+    u /= np.linalg.norm(u)
+    mean = np.random.default_rng(3).normal(size=cfg.d_model)
+    pos = np.arange(1, 9)
+    got = LZ.model_ablation_effect(m, tokens, layer, u[None] * 3.0, mean, positions=pos)  # any norm: made unit
+    _, cache = m.run_with_cache(tokens, sites=["resid_pre"])
+    x = np.asarray(cache["resid_pre", layer], np.float64)
+    ablated = x - ((x - mean) @ u)[..., None] * u
+    ablated[:, 0] = x[:, 0]
+    iv = Patch(site="resid_pre", layer=layer, value=jnp.asarray(ablated, jnp.float32))
+    lp = jax.nn.log_softmax(jnp.asarray(m(tokens), jnp.float32)[:, pos], -1)
+    lq = jax.nn.log_softmax(jnp.asarray(m(tokens, interventions=iv), jnp.float32)[:, pos], -1)
+    want = np.asarray(jnp.sum(jnp.exp(lp) * (lp - lq), -1).mean(-1))
+    np.testing.assert_allclose(got[0], want, rtol=1e-3, atol=1e-6)
+
+
+def test_spearman_matches_hand_ranks():
+    assert LZ.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert LZ.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks [0, 1, 2, 3] vs [1, 0, 3, 2]: 1 - 6 * 4 / (4 * 15) = 0.6
+    assert LZ.spearman([0.1, 0.2, 0.3, 0.4], [2.0, 1.0, 9.0, 5.0]) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="equal length >= 2"):
+        LZ.spearman([1, 2], [1, 2, 3])
+
+
+def test_causal_basis_bad_inputs_raise_before_compute(tiny_model):
+    m, _ = tiny_model("llama")
+    cfg = m.cfg
+    lens = LZ.init_tuned_lens(cfg, m.params)
+    x = np.zeros((4, cfg.d_model), np.float32)
+    with pytest.raises(ValueError, match=f"layer must be an integer in 0..{cfg.n_layers - 1}"):
+        LZ.causal_basis(lens, cfg, m.params, cfg.n_layers, x, 2)
+    with pytest.raises(ValueError, match=f"k must be an integer in 1..{cfg.d_model}"):
+        LZ.causal_basis(lens, cfg, m.params, 0, x, 0)
+    with pytest.raises(ValueError, match=r"residuals must be \[N, 32\]"):
+        LZ.causal_basis(lens, cfg, m.params, 0, x[:, :5], 2)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        LZ.causal_basis(lens, cfg, m.params, 0, x, 2, steps=0)
+    with pytest.raises(ValueError, match="finite and non-zero"):
+        LZ.lens_influence(lens, cfg, m.params, 0, x, np.zeros((1, cfg.d_model)))
+    with pytest.raises(ValueError, match="positions must be a non-empty 1-D array"):
+        LZ.model_ablation_effect(m, _tokens(cfg, 1, 5), 0, np.ones((1, cfg.d_model)), np.zeros(cfg.d_model),
+                                 positions=np.array([5]))
+    with pytest.raises(ValueError, match=r"mean_D must have shape \(32,\)"):
+        LZ.model_ablation_effect(m, _tokens(cfg, 1, 5), 0, np.ones((1, cfg.d_model)), np.zeros(3))
