@@ -69,7 +69,7 @@ from ..core import model as M
 from ..core.interventions import Custom, Patch
 from ..core.readout import Readout
 from ..sweep.engine import unpack_model
-from ..sweep.standard import HEAD_PATCH_SITES, RESID_SITES, _heads, token_labels
+from ..sweep.standard import HEAD_PATCH_SITES, RESID_SITES, check_heads, token_labels
 from ..sweep.store import MetricKey
 from .result import Result
 
@@ -143,7 +143,7 @@ def _check_heads(cfg, site: str, heads) -> np.ndarray:
             raise ValueError(f"heads={heads!r} given for site {site!r}, which has no head axis; "
                              f"head sites: {HEAD_PATCH_SITES}")
         return np.zeros(0, np.int32)
-    return _heads(cfg, heads)  # the exact sweeps' own check
+    return check_heads(cfg, heads)  # the exact sweeps' own check
 
 
 def _check_positions(T: int, by, positions) -> np.ndarray:

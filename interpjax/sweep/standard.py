@@ -41,7 +41,8 @@ def _positions(T, positions):
     return np.where(ps < 0, ps + T, ps).astype(np.int32)
 
 
-def _heads(cfg, heads):
+def check_heads(cfg, heads):
+    """Head indices [Hs] checked against the model (None = every head)."""
     if heads is None:
         return np.arange(cfg.n_heads, dtype=np.int32)
     hs = np.atleast_1d(np.asarray(heads))
@@ -108,7 +109,7 @@ def head_patching(model, clean, corrupted, metric, site: str = "z", by=("layer",
     ls = _layers(cfg, layers)
     if by == ("head", "position") and ls.size != 1:
         raise ValueError(f"by=('head', 'position') patches one layer: pass layers=<one layer>, got {ls.tolist()}")
-    hs = _heads(cfg, heads)
+    hs = check_heads(cfg, heads)
     _, cache = M.run_with_cache(cfg, params, clean, sites=[site], layers=tuple(int(l) for l in ls))
     lay = G.zip(layer=ls, value=cache[site], name="layer")
     axes = [lay] if "layer" in by else []
@@ -182,7 +183,7 @@ def ablation(model, tokens, metric, kind: str = "zero", per: str = "layer", site
         raise ValueError("resample ablation needs a PRNG key (key=jax.random.PRNGKey(0))")
     lay = G.zip(name="layer", **fields)
     if per == "head":
-        hs = _heads(cfg, heads) if site != "k" and site != "v" else np.arange(cfg.kv_heads, dtype=np.int32)
+        hs = check_heads(cfg, heads) if site != "k" and site != "v" else np.arange(cfg.kv_heads, dtype=np.int32)
         space = G.product(lay, head=hs)
     else:
         space = lay
