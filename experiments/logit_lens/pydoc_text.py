@@ -67,3 +67,20 @@ def split_words() -> dict[str, int]:
 
     sp = topic_split()
     return {s: sum(len(topics[n].split()) for n in sp[s]) for s in SPLITS}
+
+
+# table formatting shared by the two lens experiments' reports
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}" if x < 1e4 else f"{x:.2e}"
+
+
+def fmt_ppl(s: dict) -> str:
+    """A perplexity summary ``{"value", "lo", "hi"}`` as ``v [lo, hi]`` (3 significant digits, e-notation past 1e4)."""
+    return f"{_g(s['value'])} [{_g(s['lo'])}, {_g(s['hi'])}]"
+
+
+def row_name(l: int, L: int) -> str:
+    """A lens row's label: row 0 is the embedding, row L the model's output."""
+    return "0 (embedding)" if l == 0 else ("output" if l == L else str(l))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from interpjax.evidence import Record, bootstrap_ci, fmt_ci, markdown_table, paired_bootstrap_diff, sync_readme  # noqa: E402
 from interpjax.methods import lens as LZ  # noqa: E402
-from pydoc_text import pick, split_words, token_blocks, topic_split  # noqa: E402
+from pydoc_text import fmt_ppl as _ppl, pick, row_name, split_words, token_blocks, topic_split  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 SIZES = {
@@ -128,18 +128,6 @@ def effect_holds(result: dict) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # reporting
-
-
-def _g(x: float) -> str:
-    return f"{x:.3g}" if x < 1e4 else f"{x:.2e}"
-
-
-def _ppl(s: dict) -> str:
-    return f"{_g(s['value'])} [{_g(s['lo'])}, {_g(s['hi'])}]"
-
-
-def row_name(l: int, L: int) -> str:
-    return "0 (embedding)" if l == 0 else ("output" if l == L else str(l))
 
 
 def tables(result: dict) -> dict[str, str]:

@@ -41,7 +41,7 @@ from interpjax.evidence import (Record, bootstrap_ci, fmt_ci, markdown_table, pa
                                 seed_summary, sync_readme)
 from interpjax.methods import lens as LZ  # noqa: E402
 from interpjax.train import TrainConfig  # noqa: E402
-from pydoc_text import pick, split_words, token_blocks, topic_split  # noqa: E402
+from pydoc_text import fmt_ppl as _ppl, pick, row_name, split_words, token_blocks, topic_split  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 SIZES = {
@@ -230,18 +230,6 @@ def cbe_effect_holds(cbe: dict) -> bool:
 # reporting
 
 
-def _g(x: float) -> str:
-    return f"{x:.3g}" if x < 1e4 else f"{x:.2e}"
-
-
-def _ppl(s: dict) -> str:
-    return f"{_g(s['value'])} [{_g(s['lo'])}, {_g(s['hi'])}]"
-
-
-def row_name(l: int, L: int) -> str:
-    return "0 (embedding)" if l == 0 else ("output" if l == L else str(l))
-
-
 def tables(result: dict) -> dict[str, str]:
     cmp_, L = result["compare"], result["compare"]["n_translated"]
     rows = cmp_["per_layer"]
@@ -256,8 +244,8 @@ def tables(result: dict) -> dict[str, str]:
     summ = [["held-out blocks × tokens", f"{result['data']['n_eval']} × {result['data']['T']}"],
             ["seeds (training-block order)", ", ".join(map(str, seeds))],
             ["training per seed", f"{result['size']['steps']} steps × {result['size']['batch']} × {result['size']['T_train']} tokens"],
-            [f"translated rows where tuned ppl < logit ppl (paired 95% CI)", f"{cmp_['layers_tuned_beats_logit']['nll']} of {L}"],
-            [f"translated rows where tuned KL < logit KL (paired 95% CI)", f"{cmp_['layers_tuned_beats_logit']['kl']} of {L}"],
+            ["translated rows where tuned ppl < logit ppl (paired 95% CI)", f"{cmp_['layers_tuned_beats_logit']['nll']} of {L}"],
+            ["translated rows where tuned KL < logit KL (paired 95% CI)", f"{cmp_['layers_tuned_beats_logit']['kl']} of {L}"],
             [f"row {mid}: KL tuned − logit, nats", fmt_ci(m["kl_tuned_minus_logit"])],
             [f"row {mid}: KL tuned − shifted, nats", fmt_ci(m["kl_tuned_minus_shifted"])]]
     if "kl_tuned_seeds" in m:

@@ -216,9 +216,6 @@ class BankLoss:
         loss_G, nmse_G, l0_G = _bank_terms(self.bank, weights, batch["x"])
         return jnp.sum(loss_G), {"loss_sum": jnp.sum(loss_G), "loss": loss_G, "nmse": nmse_G, "l0": l0_G}
 
-    def check_batch(self, batch) -> dict:
-        return batch
-
 
 def bank_train_config(lr: float = 4e-4, steps: int = 1000, seed: int = 0, **kw) -> TrainConfig:
     """A TrainConfig under which a bank step is G independent member steps: Adam (AdamW without
