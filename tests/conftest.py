@@ -124,3 +124,18 @@ def _release_compiled_programs():
     import jax
 
     jax.clear_caches()
+
+
+# The README's test command runs the suite on two pytest-xdist workers with ``--dist loadgroup``:
+# every module is one group (its module fixtures -- e.g. an experiment's quick run -- are built once),
+# and the modules that load Gemma 3 share a group, so that each worker loads a real model at most once
+# and Gemma only one of them.
+XDIST_GROUPS = {"tests/io/test_real_model.py": "gemma", "tests/io/test_gguf.py": "gemma"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(module, module)))

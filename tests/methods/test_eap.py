@@ -96,6 +96,29 @@ def test_edges_into_linear_logits_are_exact(llama):
     assert moved > 1e-2
 
 
+def test_edge_scores_of_a_node_sum_to_its_node_attribution(llama, scores):
+    """A node's output enters every later input additively, so the sum of its edge scores over all
+    its downstream nodes is the node's own attribution (Syed et al.): AtP of the node with the
+    gradient at the clean run and corrupted minus clean -- ``atp`` with the two runs swapped."""
+    from interpjax.methods import atp as A
+
+    m, clean, corrupt = llama
+    cfg = m[0]
+
+    def row(u):
+        return float(np.nansum(scores.scores[scores.upstream.index(u)]))
+
+    z_LH = A.atp(m, corrupt, clean, logit_diff, site="z").effects
+    mlp_L = A.atp(m, corrupt, clean, logit_diff, site="mlp_out", by=("layer",)).effects
+    emb = A.atp(m, corrupt, clean, logit_diff, site="resid_pre", layers=[0], by=("layer",)).effects
+    got = [row("embed")] + [row(f"L{l}.H{h}") for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    got += [row(f"L{l}.MLP") for l in range(cfg.n_layers)]
+    want = [float(emb[0])] + [float(z_LH[l, h]) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    want += [float(mlp_L[l]) for l in range(cfg.n_layers)]
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=1e-4)
+    assert max(abs(w) for w in want) > 1e-2
+
+
 def test_eap_ig_one_step_is_eap_and_more_steps_differ(llama, scores):
     m, clean, corrupt = llama
     ig1 = E.eap(m, clean, corrupt, logit_diff, steps=1)
