@@ -3,10 +3,6 @@ orthogonal rotation after training, and recovery of a variable planted in a hand
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +11,6 @@ import pytest
 from interpjax import Config, Model, Patch, forward
 from interpjax.methods.das import CausalModel, boundary_masks, counterfactual_labels, hard_masks, init_das, interchange_intervention, orthogonality_error, rotation, sample_interchange, train_das_grid
 from interpjax.train import init_params
-
-from conftest import REPO
 
 G = 8  # noise variants per (u, w) value pair
 D = 16
@@ -178,14 +172,3 @@ def test_das_trains_through_the_one_trainer():
     assert grid.loss.shape == (6, 2, 2) and np.isfinite(grid.loss).all()
     assert grid.iia.shape == grid.train_iia.shape == (2, 2) and grid.widths.shape == (2, 2, 1)
     assert max(orthogonality_error(grid.cell(l, p)) for l in range(2) for p in range(2)) < 1e-5
-
-
-@pytest.mark.slow
-def test_das_experiment_quick(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "experiments/das/run.py"), "--quick", "--out", str(tmp_path),
-                          "--workdir", str(tmp_path / "model")], capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads((tmp_path / "quick" / "results.json").read_text())
-    assert set(res["iia"]) == {"left_boundary", "left_right_boundary", "midpoint_distance", "bracket_identity"}
-    assert res["model"]["test_accuracy"] > 0.8
-    assert (tmp_path / "quick" / "iia.png").stat().st_size > 0

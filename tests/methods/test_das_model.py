@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -132,31 +131,39 @@ def test_clear_errors_same_answer_token_and_too_few_prompts():
 
 @needs_stories
 @pytest.mark.slow
-def test_run_model_quick_end_to_end(tmp_path):
-    # --quick with fewer layers, pairs and steps than its defaults (the options are part of the test)
-    cmd = [sys.executable, str(DAS / "run.py"), "--model", str(STORIES), "--quick", "--out", str(tmp_path),
-           "--layers", "0,4", "--n-train", "32", "--n-test", "32", "--das-steps", "5"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    folder = tmp_path / f"model-{STORIES.name}"
-    text = (folder / "results.json").read_text()
-    res = json.loads(text)
-    assert str(STORIES.parent) not in text and str(tmp_path) not in text  # no machine path recorded
-    assert res["model"] == STORIES.name and (folder / "iia.png").stat().st_size > 0
+def test_run_model_quick_end_to_end(tmp_path, capsys):
+    """In process (no second interpreter, no second compile of the library): --quick with fewer
+    layers, pairs and steps than its defaults (the options are part of the test)."""
+    run = load_run()
+    cms = ["left_boundary", "left_right_boundary"]  # one and two intervened variables (the quick run of the
+    # trained decoder covers all four causal models)
+    rec = run.main(["--model", str(STORIES), "--quick", "--out", str(tmp_path), "--layers", "0,4", "--n-train", "32",
+                    "--n-test", "32", "--das-steps", "5", "--causal-models", ",".join(cms)])
+    stdout = capsys.readouterr().out
+    folder = tmp_path / f"model-{STORIES.name}" / "quick"
+    assert rec.out == folder
+    res = json.loads((folder / "results.json").read_text())
+    numbers = json.dumps({k: v for k, v in res.items() if k != "meta"})  # meta.command is the command as given
+    assert str(STORIES.parent) not in numbers and str(tmp_path) not in numbers  # no machine path recorded
+    assert res["meta"]["model"] == STORIES.name and res["meta"]["quick"] and (folder / "iia.png").stat().st_size > 0
     assert res["positions"] == ["Y", "Z", "answer"] and res["layers"] == [0, 4]
     p = res["prompts"]
     assert p["kept"] + p["dropped"] == p["candidates"] and p["kept"] >= 32 + 32
     assert p["train_prompts"] + p["test_prompts"] == p["kept"]
     assert res["answers"]["No"] != res["answers"]["Yes"]
-    assert f"kept {p['kept']} of {p['candidates']}" in out.stdout
-    assert 0.0 <= res["task"]["accuracy"] <= 1.0 and res["task"]["n"] == p["test_prompts"]
-    assert ("WARNING" in out.stdout) == res["task"]["near_chance"]
+    assert f"kept {p['kept']} of {p['candidates']}" in stdout
+    acc = res["task"]["accuracy"]
+    assert 0.0 <= acc["lo"] <= acc["value"] <= acc["hi"] <= 1.0 and res["task"]["n"] == p["test_prompts"]
+    assert ("WARNING" in stdout) == (not res["task"]["above_chance"])
     idx = res["position_index"]
     assert idx["Y"] < idx["Z"] < idx["answer"] == p["layout"]["length"] - 1
-    for name in price.CAUSAL_MODELS:
-        a = np.asarray(res["iia"][name])
-        assert a.shape == (2, 3) and ((0 <= a) & (a <= 1)).all()
-        assert 0.0 <= res["copy_source_answer_iia"][name] <= 1.0
-    for key in ("train_iia", "interval_widths", "best_cell", "best_model_per_layer", "das_seconds", "settings",
-                "template", "no_op_iia"):
+    assert list(res["summary"]) == cms
+    for name in cms:
+        for cond in ("das", "whole", "random"):
+            a = np.asarray(res["per_seed"][0][name]["iia"][cond])
+            assert a.shape == (2, 3) and ((0 <= a) & (a <= 1)).all()
+        assert 0.0 <= res["copy_source_answer"][name]["value"] <= 1.0
+        assert set(res["summary"][name]) == {f"L{l}/{q}" for l in (0, 4) for q in ("Y", "Z", "answer")}
+    assert res["max_abs_gap_to_library_iia"] <= 2 / 32
+    for key in ("settings", "template", "no_op_iia", "best_cell_by_train_iia", "claims"):
         assert key in res
