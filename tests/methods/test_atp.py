@@ -163,6 +163,41 @@ def test_attention_fix_is_exact_softmax_minus_linearised(llama, resid):
     np.testing.assert_allclose(fixed.values[0, 0], plain.values[layer, 0], atol=TOL)  # position 0 never differs
 
 
+def test_attention_fix_equals_exact_patching_for_a_single_key_change(llama):
+    """AtP* with the attention fix IS exact patching when the patch changes one key and nothing
+    else that matters: a 1-layer model, no MLP (down-projection zeroed), no final norm; the clean
+    and corrupted tokens at position p have embeddings of one norm living in dims 0..15, which the
+    value projection ignores, so the values (and their linearisation through the norm) do not move
+    and the metric is linear in the last query's pattern. Plain AtP is not exact there."""
+    (cfg, params), _, _ = llama
+    D = cfg.d_model
+    half = D // 2
+    one = jax.tree.map(lambda a: a[:1], params["layers"])
+    one["mlp"]["down"] = jnp.zeros_like(one["mlp"]["down"])
+    one["attn"]["v"] = one["attn"]["v"].at[:, :half].set(0.0)
+    one["attn"]["k"] = 4.0 * one["attn"]["k"]  # sharper attention: a strongly nonlinear softmax
+    rng = np.random.default_rng(3)
+    a, b = 5, 7
+    e_a, e_b = rng.normal(size=half), rng.normal(size=half)
+    e_b *= np.linalg.norm(e_a) / np.linalg.norm(e_b)
+    tok = np.asarray(params["embed"]["tok"]).copy()
+    tok[a], tok[b] = 0.0, 0.0
+    tok[a, :half], tok[b, :half] = e_a, e_b
+    p1 = dict(params, layers=one, embed={"tok": jnp.asarray(tok, params["embed"]["tok"].dtype)})
+    m1 = (cfg.replace(n_layers=1, final_norm=False), p1)
+    clean = rng.choice([t for t in range(cfg.vocab_size) if t not in (a, b)], (2, 8)).astype(np.int32)
+    corrupt = clean.copy()
+    p = 3
+    clean[:, p], corrupt[:, p] = a, b
+    exact = sw.patching(m1, clean, corrupt, logit_diff, site="resid_pre", layers=[0], positions=[p], **EXACT)
+    fixed = A.atp(m1, clean, corrupt, logit_diff, "resid_pre", layers=[0], positions=[p], correction="attention")
+    plain = A.atp(m1, clean, corrupt, logit_diff, "resid_pre", layers=[0], positions=[p])
+    effect = float(exact.values[0, 0] - fixed.baseline)
+    assert abs(effect) > 1e-2  # the key change moves the metric
+    np.testing.assert_allclose(fixed.values, exact.values, atol=TOL, rtol=1e-5)
+    assert abs(float(plain.values[0, 0] - exact.values[0, 0])) > 1e-3  # the softmax is not linear here
+
+
 def test_one_program_per_shape(llama, resid):
     """A repeated call, or one with a fresh function object of identical code, compiles nothing new."""
     m, clean, corrupt = llama
