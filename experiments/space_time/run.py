@@ -415,6 +415,19 @@ def main(argv=None, model=None):
               ", ".join(f"{i}: {c:+.3f}" for i, c in v[m]["top"][:3])]
              for key, v in neurons.items() for m in v if m != "block"]
 
+    depth_rows, depth = [], {}
+    for ds in res:
+        for t, rows in res[ds].items():
+            curve = np.mean([r["r2_by_layer"] for r in rows], 0)
+            b = int(np.argmax(curve))
+            reach = int(np.argmax(curve >= 0.8 * curve[b]))
+            frac = (layers[reach - 1] + 1) / n_layers if reach > 0 else 0.0  # share of the blocks run so far
+            depth[f"{ds}/{t}"] = {"best_layer": labels[b], "best_r2": float(curve[b]), "reach80_layer": labels[reach],
+                                  "reach80_depth": frac, "emb_r2": float(curve[0])}
+            depth_rows.append([ds, t, f"{curve[0]:.2f}", labels[b], f"{curve[b]:.2f}", labels[reach], f"{frac:.0%}"])
+    rec["depth"] = depth
+    rec.table("depth.md", markdown_table(["data", "target", "R² at emb", "best layer", "best R²",
+                                          "first layer ≥ 80% of best", "share of depth"], depth_rows))
     rec["n_items"] = {ds: len(items) for ds, items in data.items()}
     rec["templates"] = {ds: TEMPLATES[ds] for ds in data}
     rec["layers"] = labels
