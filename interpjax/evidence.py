@@ -187,9 +187,15 @@ class Record:
         return atomic_write_text(self.out / name, markdown)
 
     def figure(self, name: str, fig) -> Path:
+        """Save ``fig`` atomically and close it: a recorded figure is finished, and an open one
+        would stay in pyplot's registry for the rest of the process."""
         if "/" in name or not name.endswith((".png", ".svg", ".pdf")):
             raise ValueError(f"figure name must be a file name ending in .png, .svg or .pdf, got {name!r}")
-        return save_figure(fig, self.out / name)
+        path = save_figure(fig, self.out / name)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return path
 
     def save(self) -> Path:
         self.meta["wall_s"] = round(time.time() - self._t0, 1)

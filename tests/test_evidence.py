@@ -72,6 +72,14 @@ def test_record_writes_full_or_quick_with_provenance(tmp_path):
     assert res["meta"]["command"] == "python run.py --quick" and res["meta"]["wall_s"] >= 0 and res["meta"]["commit"]
     with pytest.raises(ValueError, match="ending in .md"):
         rec.table("../x.md", "")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    rec.figure("fig.png", fig)  # saved, then closed: recorded figures do not pile up in pyplot
+    assert (exp / "results" / "quick" / "fig.png").stat().st_size > 0 and not plt.fignum_exists(fig.number)
     with pytest.raises(ValueError, match="does not exist"):
         ev.Record(tmp_path / "nope", quick=False, model=None, seeds=[0])
 

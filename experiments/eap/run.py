@@ -209,7 +209,7 @@ def figure(sizes, n_valid, summ: dict, n_pairs: int):
            title=f"SmolLM2-135M capital recall: {n_pairs} held-out pairs, 95% CI")
     ax.legend()
     fig.tight_layout()
-    return fig, plt
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,9 +376,7 @@ def main(argv=None, model=None):
             ["edge", "exact (path patch)", "EAP-IG estimate", "EAP estimate"],
             [[e["edge"], f"{e['exact']:+.2f}", f"{e['EAP-IG']:+.2f}", f"{e['EAP']:+.2f}"]
              for e in path["edges"] if e["kind"] == "top"]))
-    fig, plt = figure(sizes, n_valid, summ, n_pairs)
-    rec.figure("faithfulness.png", fig)
-    plt.close(fig)
+    rec.figure("faithfulness.png", figure(sizes, n_valid, summ, n_pairs))
     out_path = rec.save()
     if not args.quick and args.out is None:
         sync_readme(HERE / "README.md", rec.out)

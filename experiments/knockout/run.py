@@ -325,8 +325,6 @@ def parse_args(argv=None):
 
 def main(argv=None, model=None) -> dict:
     """Run the experiment; ``model`` (an interpjax Model) skips loading ``--model``."""
-    import matplotlib.pyplot as plt
-
     args = parse_args(argv)
     size = dict(SIZES["quick" if args.quick else "full"])
     window = args.window or size["window"]
@@ -363,9 +361,7 @@ def main(argv=None, model=None) -> dict:
         rec[key] = value
     for name, md in tables(result, window).items():
         rec.table(name, md)
-    fig = figure(result, window)
-    rec.figure("knockout.png", fig)
-    plt.close(fig)
+    rec.figure("knockout.png", figure(result, window))
     rec.save()
     if not args.quick and args.out is None:
         sync_readme(HERE / "README.md", rec.out)

@@ -455,7 +455,6 @@ def run_model(cfg: Config, size: dict, seed: int, probe_seeds, work: Path, margi
     """Train model ``seed``, measure its legal-move rate on held-out games, then for each probe seed
     (its own game split, probe initialisation and edit cases) the probes and the edits."""
     params, rows, train_s, start_step = train(cfg, size, work / f"seed{seed}", seed)
-    t1 = time.perf_counter()
     games = O.generate_games(size["n_probe_games"], seed=seed + 1000)  # a seed training never used
     labels = board_labels(games)
     tokens = O.encode(games).astype(np.int32)
@@ -629,9 +628,6 @@ def main(argv=None):
     fig, fig2 = figures(per_seed, size)
     rec.figure("training.png", fig)
     rec.figure("probes.png", fig2)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig), plt.close(fig2)
     path = rec.save()
     if not args.quick:
         sync_readme(HERE / "README.md", rec.out)

@@ -328,11 +328,7 @@ def main(argv=None):
     rec["semantic_rises"] = {t: semantic_rises(per_seed, t) for t in SEMANTIC}
     for name, md in tables(summ).items():
         rec.table(name, md)
-    fig = figure(summ)
-    rec.figure("curves.png", fig)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    rec.figure("curves.png", figure(summ))
     path = rec.save()
     if not args.quick:
         sync_readme(HERE / "README.md", rec.out)

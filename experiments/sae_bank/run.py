@@ -498,11 +498,7 @@ def main(argv=None, model=None):
                                            f"top-{sz['top']} token purity (95% CI)"], pur_rows))
     rec.table("features.md", markdown_table(["feature", "fires on", f"top {sz['show']} held-out contexts ([[max token]], activation)"],
                                             frows))
-    import matplotlib.pyplot as plt
-
-    fig = frontier_figure(results)
-    rec.figure("frontier.png", fig)
-    plt.close(fig)
+    rec.figure("frontier.png", frontier_figure(results))
     path = rec.save()
     if not args.quick:
         sync_readme(HERE / "README.md", rec.out)

@@ -405,11 +405,7 @@ def main(argv=None, *, loaded: dict | None = None) -> dict:
     rec.table("summary.md", head_md)
     rec.table("predictivity.md", pred_md)
     rec.table("perturbation.md", curve_md)
-    import matplotlib.pyplot as plt
-
-    fig = plot(settings)
-    rec.figure("perturbation.png", fig)
-    plt.close(fig)
+    rec.figure("perturbation.png", plot(settings))
     rec.save()
     if not args.quick:
         ev.sync_readme(HERE / "README.md", rec.out)

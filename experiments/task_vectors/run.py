@@ -454,7 +454,6 @@ def figures(rec, res, trunc, m8r, Z, y):
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     rec.figure("by_layer.png", fig)
-    plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for i, name in enumerate(res["tasks"]):
         ax.scatter(*Z[y == i].T, s=12, label=name)
@@ -462,7 +461,6 @@ def figures(rec, res, trunc, m8r, Z, y):
     ax.legend(fontsize=7)
     fig.tight_layout()
     rec.figure("tsne.png", fig)
-    plt.close(fig)
     if m8r:
         t = m8r["trajectory"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -482,7 +480,6 @@ def figures(rec, res, trunc, m8r, Z, y):
         axes[1].grid(alpha=0.3)
         fig.tight_layout()
         rec.figure("m8.png", fig)
-        plt.close(fig)
 
 
 def run(model, size, *, seed=0, prefix="", out=None, quick=True, argv=None, label=None):
