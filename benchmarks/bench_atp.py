@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +42,6 @@ def ensure_weights(cache: Path, bench_config) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve().parent / "bench_peers.py"), "--make-weights",
                "--cache", str(cache)] + (["--bench-config", str(bench_config)] if bench_config else [])
         subprocess.run(cmd, check=True)
-
-
-def median_time(run, repeats: int) -> float:
-    """Median wall seconds of ``run()`` (which blocks until its result is ready) after one warm call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def measure(cfg, params, bc, quick: bool, repeats: int, top_share: float) -> dict:
@@ -77,36 +65,25 @@ def measure(cfg, params, bc, quick: bool, repeats: int, top_share: float) -> dic
 
     fwd = jax.jit(lambda p, t: interpjax.forward(cfg, p, t))
     toks = jnp.asarray(clean)
-    t_fwd = median_time(lambda: jax.block_until_ready(fwd(params, toks)), repeats)
 
-    est = [None]
+    def timed(run):
+        """(median wall seconds, last result) by the shared protocol: one warm call, then ``repeats``."""
+        r = bcm.time_protocol(run, repeats=repeats, sync=jax.block_until_ready)
+        return r["median_s"], r["result"]
 
-    def run_atp():
-        est[0] = A.atp(model, clean, corrupted, metric, site="resid_pre", layers=layers, positions=positions)
-        return est[0]
-
-    t_atp = median_time(run_atp, repeats)
-    exact = [None]
-
-    def run_exact():
-        exact[0] = sw.patching(model, clean, corrupted, metric, site="resid_pre", layers=layers,
-                               positions=positions, progress=False)
-
-    t_exact = median_time(run_exact, repeats)
-    x_LP = np.asarray(exact[0].values)                      # exact patched metric per cell
-    e_LP = np.asarray(est[0].effects)                       # estimated effect per cell
-    xe_LP = x_LP - float(est[0].baseline)                   # exact effect (baseline: the corrupted run)
+    t_fwd, _ = timed(lambda: fwd(params, toks))
+    t_atp, est = timed(lambda: A.atp(model, clean, corrupted, metric, site="resid_pre", layers=layers,
+                                     positions=positions))
+    t_exact, exact = timed(lambda: sw.patching(model, clean, corrupted, metric, site="resid_pre", layers=layers,
+                                               positions=positions, progress=False))
+    x_LP = np.asarray(exact.values)                      # exact patched metric per cell
+    e_LP = np.asarray(est.effects)                       # estimated effect per cell
+    xe_LP = x_LP - float(est.baseline)                   # exact effect (baseline: the corrupted run)
     n_cells = e_LP.size
     top_k = max(1, int(round(top_share * n_cells)))
-    ver = [None]
-
-    def run_verify():
-        ver[0] = A.verify(model, clean, corrupted, metric, est[0], top_k=top_k, n_random=0)
-
-    t_verify = median_time(run_verify, repeats)
+    t_verify, v = timed(lambda: A.verify(model, clean, corrupted, metric, est, top_k=top_k, n_random=0))
     top_exact = set(np.argsort(-np.abs(xe_LP).ravel())[:top_k].tolist())
     top_est = set(np.argsort(-np.abs(e_LP).ravel())[:top_k].tolist())
-    v = ver[0]
     li, pi = list(v.axes).index("layer"), list(v.axes).index("position")
     rows = [(layers.tolist().index(int(c[li])), positions.tolist().index(int(c[pi]))) for c in v.cells]
     v_err = max(abs(float(val) - float(x_LP[i, j])) for (i, j), val in zip(rows, np.asarray(v.exact)))
