@@ -185,13 +185,14 @@ def figures(result: dict, model_name: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def analyze(model, size: dict, seed: int = 0, out: Path | None = None) -> dict:
-    """Every number of the experiment for one model (figures of trajectories go to ``out``)."""
+def analyze(model, size: dict, seed: int = 0, out: Path | None = None, tag: str = "") -> dict:
+    """Every number of the experiment for one model (figures of trajectories go to ``out``, their
+    names prefixed by ``tag``)."""
     sp = topic_split()
     blocks = heldout_blocks(model, size["T"], size["n_eval"], seed)
     m = measure(model, blocks)
     L = model.cfg.n_layers
-    trajs = [trajectory(model, p, (out / f"trajectory_{i}.png") if out is not None else None,
+    trajs = [trajectory(model, p, (out / f"{tag}trajectory_{i}.png") if out is not None else None,
                         f"logit lens on {model.name}: prompt {i} (colour: top-token probability)")
              for i, p in enumerate(PROMPTS[: size["prompts"]])]
     return {"n_layers": L, "layers": LZ.lens_names(model.cfg),
@@ -199,7 +200,20 @@ def analyze(model, size: dict, seed: int = 0, out: Path | None = None) -> dict:
                      "n_topics": {k: len(v) for k, v in sp.items()}, "heldout_topics": sp["heldout"]},
             "per_layer": per_layer(m, size["n_boot"]),
             "depth": depth_summary(m["depth"], L + 1, size["n_boot"]),
-            "trajectories": trajs}
+            "trajectories": trajs, "vocab": int(model.cfg.vocab_size)}
+
+
+def models_table(by_model: dict) -> str:
+    """The models side by side: how far the logit lens is from the output at the same relative depth,
+    how many rows predict worse than a uniform guess over the vocabulary, and the prediction depth."""
+    rows = []
+    for name, r in by_model.items():
+        L, per = r["n_layers"], r["per_layer"]
+        worse = sum(row["ppl"]["value"] > r["vocab"] for row in per[:L])
+        rows.append([name, str(L), f"{r['vocab']:,}", fmt_ci(per[L // 2]["kl"]), fmt_ci(per[L - 1]["kl"]),
+                     f"{worse} of {L}", f"{r['depth']['mean']['value'] / L:.2f}"])
+    return markdown_table(["model", "layers", "vocabulary", "KL at the middle row, nats", "KL at the last translated row",
+                           "rows worse than uniform", "mean prediction depth / layers"], rows)
 
 
 def main(argv=None, model=None) -> dict:
@@ -208,13 +222,15 @@ def main(argv=None, model=None) -> dict:
     ap.add_argument("--reduced", action="store_true", help="a smaller full run (fewer held-out blocks)")
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--out", default=None, help="folder holding quick/ and full/ (default: results/ here)")
+    ap.add_argument("--compare", default=None,
+                    help="comma-separated second models measured the same way (full default: gemma-3-270m)")
     args = ap.parse_args(argv)
     size = SIZES["quick" if args.quick else ("reduced" if args.reduced else "full")]
     rec = Record(HERE, quick=args.quick, model=args.model, seeds=[0], argv=argv,
                  out=Path(args.out) if args.out else None)
-    if model is None:
-        import interpjax
+    import interpjax
 
+    if model is None:
         model = interpjax.load(args.model)
     result = analyze(model, size, out=rec.out)
     for k, v in result.items():
@@ -222,6 +238,18 @@ def main(argv=None, model=None) -> dict:
     for name, md in tables(result).items():
         rec.table(name, md)
     rec.figure("logit_lens.png", figures(result, model.name))
+    names = ("" if args.quick else "gemma-3-270m") if args.compare is None else args.compare
+    compare = {}
+    for name in [n for n in names.split(",") if n and n != args.model]:
+        other = interpjax.load(name)
+        compare[name] = analyze(other, size, out=rec.out, tag=f"{name}_")
+        for table, md in tables(compare[name]).items():
+            rec.table(f"{name}_{table}", md)
+        rec.figure(f"{name}_logit_lens.png", figures(compare[name], other.name))
+        print(f"{name}: effect holds {effect_holds(compare[name])}", flush=True)
+    if compare:
+        rec["compare"] = compare
+        rec.table("models.md", models_table({args.model: result, **compare}))
     rec.save()
     if not args.quick and args.out is None:
         sync_readme(HERE / "README.md", rec.out)

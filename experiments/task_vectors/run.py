@@ -22,7 +22,7 @@ separate source prompts. Measured:
 - t-SNE of per-prompt task vectors at the chosen layer, with a leave-one-out nearest-neighbour task
   readout against shuffled labels.
 
-    python experiments/task_vectors/run.py                   # full mode: results/full + README blocks
+    python experiments/task_vectors/run.py                   # full mode (and Gemma 3 beside it): results/full
     python experiments/task_vectors/run.py --quick           # CI setting: results/quick only
     python experiments/task_vectors/run.py --model gemma-3-270m
 """
@@ -373,8 +373,10 @@ def effect_holds(result) -> bool:
     return tvr["tv_minus_other_task"]["lo"] > 0 and tvr["tv_minus_baseline"]["lo"] > 0
 
 
-def tables(rec, res, trunc, m8r, tsne):
+def tables(rec, res, trunc, m8r, tsne, tag=""):
+    """The README tables; ``tag`` prefixes every file name (a second model's tables)."""
     f = fmt_ci
+    rec = _Tagged(rec, tag)
     rows = []
     for name, r in res["per_task"].items():
         rows.append([name, r["kind"], f(r["regular"]), f(r["baseline"]), f(r["task_vector"]), f(r["other_task"]),
@@ -425,7 +427,8 @@ def tables(rec, res, trunc, m8r, tsne):
         ["control: shuffled labels", fmt_ci(tsne["knn_shuffled_labels"])], ["chance", f"{tsne['chance']:.2f}"]]))
 
 
-def figures(rec, res, trunc, m8r, Z, y):
+def figures(rec, res, trunc, m8r, Z, y, tag=""):
+    rec = _Tagged(rec, tag)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -482,11 +485,22 @@ def figures(rec, res, trunc, m8r, Z, y):
         rec.figure("m8.png", fig)
 
 
-def run(model, size, *, seed=0, prefix="", out=None, quick=True, argv=None, label=None):
-    """Every measurement on ``model``; returns the result dict (and records it when ``out`` is set)."""
+class _Tagged:
+    """A Record whose table and figure names carry a prefix (``gemma-3-270m_by_layer.md``)."""
+
+    def __init__(self, rec, tag):
+        self.rec, self.tag = rec, tag
+
+    def table(self, name, md):
+        return self.rec.table(self.tag + name, md)
+
+    def figure(self, name, fig):
+        return self.rec.figure(self.tag + name, fig)
+
+
+def measure(model, size, *, seed=0, prefix=""):
+    """Every measurement on ``model``: (result dict, t-SNE points, their task labels)."""
     t0 = time.time()
-    # opened first so that meta.wall_s covers the whole computation
-    rec = Record(HERE, quick=quick, model=label, seeds=[seed], argv=argv, out=out) if out is not None else None
     tasks = word_tasks.make_tasks(size["tasks"])
     if len(tasks) < 2:
         raise ValueError("need at least two tasks (the other-task control)")
@@ -504,11 +518,46 @@ def run(model, size, *, seed=0, prefix="", out=None, quick=True, argv=None, labe
         k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}, "prefix": prefix,
         "n_layers": L, "compute_s": round(time.time() - t0, 1)}
     result["effect_holds"] = effect_holds(result)
+    return result, Z, y
+
+
+def models_table(rows_by_model: dict) -> str:
+    """One row per model: the headline numbers at each model's own dev-chosen layer."""
+    f = fmt_ci
+    rows = []
+    for name, r in rows_by_model.items():
+        tvr, m8r = r["task_vectors"], r["m8"]
+        m = tvr["mean"]
+        rows.append([name, f"{tvr['layer_task_vector']} of {r['n_layers']}", f(m["regular"]), f(m["baseline"]),
+                     f(m["task_vector"]), f(m["other_task"]), f(tvr["tv_minus_other_task"]),
+                     f(m8r["transplant"]["capital_vector"]) if m8r else "–"])
+    return markdown_table(["model", "task-vector layer (dev)", "regular (ICL)", "baseline (zero-shot)", "task vector",
+                           "control: other task's vector", "task vector minus control (paired)",
+                           "M8 capital transplant"], rows)
+
+
+def run(model, size, *, seed=0, prefix="", out=None, quick=True, argv=None, label=None, compare=()):
+    """Every measurement on ``model`` (and on each ``(label, model, prefix)`` of ``compare``, whose
+    tables carry the label as prefix); returns the result dict (recorded when ``out`` is set)."""
+    # opened first so that meta.wall_s covers the whole computation
+    rec = Record(HERE, quick=quick, model=label, seeds=[seed], argv=argv, out=out) if out is not None else None
+    result, Z, y = measure(model, size, seed=seed, prefix=prefix)
+    others = {}
+    for name, other, other_prefix in compare:
+        others[name] = measure(other, size, seed=seed, prefix=other_prefix)
+        print(f"{name}: effect holds {others[name][0]['effect_holds']}", flush=True)
+    if others:
+        result["compare"] = {name: r for name, (r, _, _) in others.items()}
     if rec is not None:
         for k, v in result.items():
             rec[k] = v
-        tables(rec, res, trunc, m8r, tsne)
-        figures(rec, res, trunc, m8r, Z, y)
+        tables(rec, result["task_vectors"], result["truncation"], result["m8"], result["tsne"])
+        figures(rec, result["task_vectors"], result["truncation"], result["m8"], Z, y)
+        for name, (r, Zo, yo) in others.items():
+            tables(rec, r["task_vectors"], r["truncation"], r["m8"], r["tsne"], tag=f"{name}_")
+            figures(rec, r["task_vectors"], r["truncation"], r["m8"], Zo, yo, tag=f"{name}_")
+        if others:
+            rec.table("models.md", models_table({label or "model": result, **{n: r for n, (r, _, _) in others.items()}}))
         rec.save()
         result["out"] = str(rec.out)
     return result
@@ -520,6 +569,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default=DEFAULT_MODEL, help="interpjax.load name (default smollm2-135m-instruct)")
     ap.add_argument("--out", type=Path, default=None, help="results root (default: this folder's results/)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", default=None,
+                    help="comma-separated second models run the same way (full default: gemma-3-270m; quick: none)")
     args = ap.parse_args(argv)
     import interpjax
 
@@ -528,8 +579,10 @@ def main(argv=None) -> dict:
     if model.tokenizer is None:
         raise ValueError(f"model {args.model!r} has no tokenizer; the word tasks need one")
     size = QUICK if args.quick else FULL
+    names = ("" if args.quick else "gemma-3-270m") if args.compare is None else args.compare
+    compare = [(n, interpjax.load(n), PREFIX.get(n, "")) for n in names.split(",") if n and n != args.model]
     result = run(model, size, seed=args.seed, prefix=PREFIX.get(args.model, ""), out=args.out or HERE / "results",
-                 quick=args.quick, argv=argv, label=model_label(args.model))
+                 quick=args.quick, argv=argv, label=model_label(args.model), compare=compare)
     if not args.quick and args.out is None:
         sync_readme(HERE / "README.md", Path(result["out"]))
     m = result["task_vectors"]["mean"]
