@@ -196,17 +196,40 @@ def positions_from_mask(mask_BT):
 
 def embed(cfg: Config, params: dict, tokens_BT, pos_BT, types_BT=None):
     """Token (+ learned position, + token type) embedding, then the embedding norm if any."""
-    x = jnp.take(params["embed"]["tok"], tokens_BT, axis=0)
+    types = None if not cfg.type_vocab_size else (jnp.zeros_like(tokens_BT) if types_BT is None else types_BT)
+    return embed_rows(cfg, params, jnp.take(params["embed"]["tok"], tokens_BT, axis=0), pos_BT, types)
+
+
+def embed_rows(cfg: Config, params: dict, rows_BTD, pos_BT, types_BT=None):
+    """``embed`` from given rows of the token-embedding table [B, T, D] instead of token ids: the
+    entry point for soft inputs (mixtures of token embeddings, optimised embeddings). The rows are
+    scaled, get positions / token types added and normed exactly as a looked-up token's row is."""
+    x = rows_BTD
     if cfg.embed_scale != 1.0:
         x = x * jnp.asarray(cfg.embed_scale, x.dtype)
     if cfg.positions == "learned":
         x = x + jnp.take(params["embed"]["pos"], pos_BT, axis=0)
     if cfg.type_vocab_size:
-        types = jnp.zeros_like(tokens_BT) if types_BT is None else types_BT
+        types = jnp.zeros(rows_BTD.shape[:2], jnp.int32) if types_BT is None else types_BT
         x = x + jnp.take(params["embed"]["type"], types, axis=0)
     if cfg.embed_norm:
         x = norm(cfg, params["embed"]["norm"], x)
     return x
+
+
+def forward_rows(cfg: Config, params: dict, rows_BTD, mask_BT=None, ivs: tuple = ()):
+    """Logits [B, T, V] of the model fed embedding-table rows [B, T, D] instead of token ids
+    (traceable and differentiable in the rows; ``mask_BT`` left padding, default all ones). With the
+    rows of real tokens it computes what ``run`` does on those tokens (equal to float rounding)."""
+    B, T, _ = rows_BTD.shape
+    mask = jnp.ones((B, T), jnp.int32) if mask_BT is None else mask_BT
+    pos = positions_from_mask(mask)
+    idx = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+    ctx = make_ctx(cfg, idx, mask, idx, mask, rope_pos_BT=pos)
+    tap = _make_tap(ivs, None, (), {})
+    x = tap("embed", embed_rows(cfg, params, rows_BTD.astype(compute_dtype(params)), pos))
+    x, _, _ = run_layers(cfg, params, x, ctx, ivs, (), ())
+    return tap("logits", unembed(cfg, params, tap("final", final_norm(cfg, params, x))))
 
 
 def unembed(cfg: Config, params: dict, final_BTD):
