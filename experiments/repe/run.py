@@ -1,185 +1,474 @@
-"""Representation Engineering (Zou et al. 2023) on a story model: reading vectors for happy vs
-sad scenarios (PCA of paired differences, sign-calibrated) at every layer, held-out accuracy per
-layer on scenarios whose events were never seen, a LAT token x layer scan (HTML + PNG), a PCA
-view of four emotions across layers with a cluster-separation number per layer, and control:
-the reading vector added at one layer while generating, prompts x coefficients decoded side by
-side in one compiled loop, with the share of happy vs sad words per coefficient.
+"""Representation Engineering (M1, Zou et al. 2023) on SmolLM2-135M-Instruct: reading vectors for
+two concepts -- happiness vs sadness in scenarios, and true vs false statements -- at every layer,
+scored on held-out pairs that share no scenario / fact with the training pairs, against two
+sign-agnostic controls; LAT token x layer scans; and control by adding the reading vector to
+several layers at once (next-token logit differences over layer bands x coefficients, sampled
+generations, the model's own true/false judgement), each against a norm-matched random vector.
 
-    python experiments/repe/run.py --quick       # CI smoke run (seconds)
-    python experiments/repe/run.py               # full mode (see README)
+Per concept and split seed (3 seeds; groups dealt 60/20/20 into train/dev/test):
+- PCA and mean-difference reading vectors are fitted on train at every layer; the layer is chosen
+  by dev pair accuracy and reported on test (pair accuracy and single accuracy, bootstrap 95% CI
+  over test pairs).
+- Controls, same layers and splits: the same pipeline fitted on label-shuffled pseudo-pairs, and 20
+  random unit directions; both scored sign-agnostically, max(acc, 1 - acc) on test, at their own
+  dev-chosen layer -- so a control gets the better of its two signs on the test data, the method
+  only its train-chosen sign.
+
+    python experiments/repe/run.py            # full run -> results/full, README blocks
+    python experiments/repe/run.py --quick    # small CI run -> results/quick (or --out DIR)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-DEFAULT_MODEL = HERE.parents[1].parent / "shared" / "models" / "llama2c-stories260k"
 
-import interpjax  # noqa: E402
-from interpjax import Add
-from interpjax.methods import reading as rd
-from interpjax.methods import steering as st
-from interpjax.generate import generate, stack_rows
-from stimuli import EVENTS, NAMES, stimuli  # noqa: E402
+import stimuli as S  # noqa: E402
+from interpjax.evidence import (Record, bootstrap_ci, fmt_ci, markdown_table, paired_bootstrap_diff,  # noqa: E402
+                                seed_summary, sync_readme)
 
-SCAN_TEXT = ("Lily lost her toy in the park and she cried. Then Mom found the toy, and Lily smiled and "
-             "hugged her. They played all day.")
-NEUTRAL = ["Lily went to the park. She felt", "Tom saw a cat. He felt", "Sara opened the door. She felt",
-           "Ben sat on the chair. He felt", "Mia walked to school. She felt", "Tim looked at the sky. He felt"]
-HAPPY_WORDS = ("happy", "smile", "laugh", "fun", "love", "glad", "joy", "excited", "hug")
-SAD_WORDS = ("sad", "cry", "cried", "tears", "hurt", "sorry", "upset", "scared", "angry", "lonely")
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SITE = "resid_post"
+SEEDS = (0, 1, 2)
+CONCEPTS = ("emotion", "honesty")
+CORES = ("method", "shuffled", "random")
+N_RANDOM = 20            # random directions per split (the random-direction control)
+MARGIN = 0.1             # the asserted effect: test pair accuracy beats both controls by this much
+BAND = 3                 # control: the vector is added at this many consecutive layers at once
+COEFFS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)  # x the per-layer mean positive-negative gap
+GEN_COEFF = 1.0          # generation: +/- this coefficient (fixed before the full run)
+TARGET_TOKENS = {"emotion": (" happy", " sad"), "honesty": (" True", " False")}
+_T0 = time.time()
 
 
-def write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def log(msg: str) -> None:
+    print(f"[{time.time() - _T0:7.1f}s] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# data and activations
+
+
+def build_pairs(concept: str, quick: bool) -> list[dict]:
+    """The contrast pairs of ``concept`` (a subset in quick mode)."""
+    if concept == "emotion":
+        return S.emotion_pairs(2 if quick else 5)
+    if concept == "honesty":
+        return S.honesty_pairs(40, 40) if quick else S.honesty_pairs()
+    raise ValueError(f"concept={concept!r}; valid: {CONCEPTS}")
+
+
+def pair_acts(model, pairs, layers, batch_size: int = 64):
+    """Last-token activations at ``SITE`` of the positive and negative texts: two [L, N, D]."""
+    from interpjax.methods import steering as st
+
+    pos = st.activations_at(model, [p["pos"] for p in pairs], SITE, layers, batch_size=batch_size)
+    neg = st.activations_at(model, [p["neg"] for p in pairs], SITE, layers, batch_size=batch_size)
+    return pos, neg
+
+
+# ---------------------------------------------------------------------------------------------
+# reading: one split
+
+
+def fit_core(pos, neg, layers, core: str, method: str, seed: int):
+    """The reading vectors of ``core``: the method itself, or one of its controls in its place."""
+    from interpjax.methods import reading as rd
+
+    if core == "method":
+        return rd.fit(pos, neg, layers, SITE, method, seed)
+    if core == "shuffled":
+        return rd.fit_shuffled(pos, neg, layers, SITE, method, seed + 1000)
+    if core == "random":
+        return rd.random_reading_vectors(pos, neg, layers, SITE, 1, seed + 2000)[0]
+    raise ValueError(f"core={core!r}; valid: {CORES}")
+
+
+def hits(rv, pos, neg) -> np.ndarray:
+    """Per layer and pair, whether the positive scores above its negative: bool [L, N]."""
+    return rv.scores(pos) > rv.scores(neg)
+
+
+def sign_agnostic_choice(dev_LN: np.ndarray, test_LN: np.ndarray):
+    """A control's dev-chosen layer (best sign-agnostic dev accuracy) and its per-pair test
+    correctness under the better sign on test: (layer index, float [N])."""
+    from interpjax.methods import reading as rd
+
+    l = int(np.argmax(rd.sign_agnostic(dev_LN.mean(-1))))
+    t = test_LN[l].astype(np.float64)
+    return l, (t if t.mean() >= 0.5 else 1.0 - t)
+
+
+def evaluate_split(pos, neg, split: dict, layers, seed: int, method: str = "pca", core: str = "method",
+                   n_random: int = N_RANDOM) -> dict:
+    """One split: reading vectors (``core``; the method unless a control replaces it) fitted on train,
+    layer chosen on dev, scored on test; plus the shuffled-label and random-direction controls."""
+    from interpjax.methods import reading as rd
+
+    tr, dev, te = split["train"], split["dev"], split["test"]
+    rv = fit_core(pos[:, tr], neg[:, tr], layers, core, method, seed)
+    dev_hits, test_hits = hits(rv, pos[:, dev], neg[:, dev]), hits(rv, pos[:, te], neg[:, te])
+    sel = int(np.argmax(dev_hits.mean(1)))
+    single_LN = np.concatenate([rv.scores(pos[:, te]) > 0, rv.scores(neg[:, te]) < 0], 1)
+    sh = rd.fit_shuffled(pos[:, tr], neg[:, tr], layers, SITE, method, seed + 1)
+    sh_dev, sh_test = hits(sh, pos[:, dev], neg[:, dev]), hits(sh, pos[:, te], neg[:, te])
+    sh_sel, sh_items = sign_agnostic_choice(sh_dev, sh_test)
+    rands = rd.random_reading_vectors(pos[:, tr], neg[:, tr], layers, SITE, n_random, seed + 2)
+    r_dev = np.stack([hits(r, pos[:, dev], neg[:, dev]) for r in rands])  # [K, L, N]
+    r_test = np.stack([hits(r, pos[:, te], neg[:, te]) for r in rands])
+    r_sel = int(np.argmax(rd.sign_agnostic(r_dev.mean(-1)).mean(0)))
+    r_items = np.mean([sign_agnostic_choice(r_dev[k, r_sel][None], r_test[k, r_sel][None])[1]
+                       for k in range(n_random)], 0)
+    pair_items = test_hits[sel].astype(np.float64)
+    best_ctrl = sh_items if sh_items.mean() >= r_items.mean() else r_items
+    return {
+        "layer": layers[sel], "shuffled_layer": layers[sh_sel], "random_layer": layers[r_sel],
+        "n_train": len(tr), "n_dev": len(dev), "n_test": len(te),
+        "pair": bootstrap_ci(pair_items, seed=seed), "single": bootstrap_ci(single_LN[sel].astype(np.float64), seed=seed),
+        "shuffled": bootstrap_ci(sh_items, seed=seed), "random": bootstrap_ci(r_items, seed=seed),
+        "minus_best_control": paired_bootstrap_diff(pair_items, best_ctrl, seed=seed),
+        "train_pair_by_layer": rv.meta["train_pair_accuracy"],
+        "dev_pair_by_layer": dev_hits.mean(1), "test_pair_by_layer": test_hits.mean(1),
+        "test_single_by_layer": single_LN.mean(1),
+        "shuffled_sa_by_layer": rd.sign_agnostic(sh_test.mean(1)),
+        "random_sa_by_layer": rd.sign_agnostic(r_test.mean(-1)).mean(0),
+    }
+
+
+def summarise(rows: list) -> dict:
+    """Mean over split seeds (Student-t 95% interval) of the test numbers at the dev-chosen layers."""
+    s = {k: seed_summary([r[k]["value"] for r in rows]) for k in ("pair", "single", "shuffled", "random")}
+    s["minus_best_control_lo"] = [r["minus_best_control"]["lo"] for r in rows]
+    s["layers"] = [r["layer"] for r in rows]
+    return s
+
+
+def evaluate_concept(pos, neg, splits: list, layers, seeds, methods=("pca", "mean_diff"), core: str = "method",
+                     n_random: int = N_RANDOM) -> tuple[dict, dict]:
+    """Every split of one concept for each reading method: (per-seed rows, summaries) by method."""
+    rows = {m: [evaluate_split(pos, neg, sp, layers, seed, m, core, n_random) for sp, seed in zip(splits, seeds)]
+            for m in methods}
+    return rows, {m: summarise(r) for m, r in rows.items()}
+
+
+def effect_holds(summary: dict, margin: float = MARGIN, method: str = "pca") -> bool:
+    """The asserted effect for one concept: the ``method``'s test pair accuracy at the dev-chosen
+    layer (mean over seeds) beats the sign-agnostic shuffled-label and random-direction controls by
+    ``margin``, and on every seed the paired bootstrap interval of method - best control excludes 0."""
+    s = summary[method]
+    return bool(s["pair"]["value"] > max(s["shuffled"]["value"], s["random"]["value"]) + margin
+                and all(lo > 0 for lo in s["minus_best_control_lo"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# control: adding the vector at several layers at once
+
+
+def token_id(model, text: str) -> int:
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is {len(ids)} tokens for this tokenizer; the logit metric needs one")
+    return int(ids[0])
+
+
+def steering_vectors(rv, seed: int) -> dict:
+    """[L, D] vectors added by the control: the reading direction times its per-layer mean gap, and
+    a norm-matched random direction per layer."""
+    gap_L = np.abs(np.asarray(rv.meta["mean_gap"], np.float32))
+    g = np.random.default_rng(seed).normal(size=rv.directions_LD.shape).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    return {"reading": rv.directions_LD * gap_L[:, None], "random": g * gap_L[:, None]}
+
+
+def band_interventions(vecs_LD, start, coeff, width: int = BAND) -> tuple:
+    """``coeff * vecs_LD[l]`` added at ``SITE`` of layers start .. start + width - 1 (traceable)."""
+    from interpjax import Add
+
+    return tuple(Add(SITE, layer=start + k, vector=vecs_LD[start + k], coeff=coeff) for k in range(width))
+
+
+def logit_grid(model, prompts, vecs_LD, starts, coeffs, ids: tuple) -> np.ndarray:
+    """log p(ids[0]) - log p(ids[1]) at the last position of each prompt, with the vector added at
+    each band start x coefficient: [S, C, P], one vmapped program."""
+    import jax
+    import jax.numpy as jnp
+
+    import interpjax
+
+    toks, mask = model.to_tokens(prompts)
+    vecs = jnp.asarray(vecs_LD, jnp.float32)
+
+    def cell(start, coeff):
+        out = interpjax.forward(model.cfg, model.params, toks, mask, band_interventions(vecs, start, coeff))
+        logp = jax.nn.log_softmax(out[:, -1].astype(jnp.float32))
+        return logp[:, ids[0]] - logp[:, ids[1]]
+
+    grid = jax.jit(jax.vmap(lambda s: jax.vmap(lambda c: cell(s, c))(jnp.asarray(coeffs, jnp.float32))))
+    return np.asarray(grid(jnp.asarray(starts, jnp.int32)))
+
+
+def band_start(layer: int, n_layers: int, width: int = BAND) -> int:
+    """The start of the band of ``width`` layers centred on ``layer`` (inside the model)."""
+    return int(min(max(layer - width // 2, 0), n_layers - width))
+
+
+def shift_summary(grid_SCP: np.ndarray, s: int, coeffs, c: float, seed: int = 0) -> dict:
+    """Per prompt, metric(+c) - metric(-c) at band row ``s``: bootstrap CI over prompts."""
+    i, j = list(coeffs).index(c), list(coeffs).index(-c)
+    return bootstrap_ci(grid_SCP[s, i] - grid_SCP[s, j], seed=seed)
 
 
 def count_words(text: str, words) -> int:
     toks = re.findall(r"[a-z]+", text.lower())
-    return sum(any(t.startswith(w) for w in words) for t in toks)
+    return sum(t in words for t in toks)
 
 
-def main():
+def generation_test(model, vecs: dict, start: int, prompts, coeff: float, n_samples: int, n_new: int, seed: int):
+    """Sampled continuations of neutral prompts with +/-coeff x (reading | random) vector at the band
+    from ``start`` and with none: per row the word-list score (#happy - #sad words)."""
+    import jax.numpy as jnp
+
+    from interpjax.generate import generate, stack_rows
+
+    conds = [("none", 0.0), ("reading", coeff), ("reading", -coeff), ("random", coeff), ("random", -coeff)]
+    zero = jnp.zeros_like(jnp.asarray(vecs["reading"]))
+    rows = [(k, c, p, r) for k, c in conds for p in range(len(prompts)) for r in range(n_samples)]
+    ivs = stack_rows([band_interventions(zero if k == "none" else jnp.asarray(vecs[k]), start, c) for k, c, _, _ in rows])
+    toks, mask = model.to_tokens([prompts[p] for _, _, p, _ in rows])
+    gen = generate(model.cfg, model.params, toks, n_new, ivs, attention_mask=mask, per_row=True, temperature=0.8,
+                   top_k=40, seed=seed)
+    T0 = toks.shape[1]
+    texts = [model.to_string(gen.tokens[i, T0:][gen.mask[i, T0:] > 0]) for i in range(len(rows))]
+    score = np.array([count_words(t, S.HAPPY_WORDS) - count_words(t, S.SAD_WORDS) for t in texts], np.float64)
+    out = {}
+    for k, c in conds:
+        sel = [i for i, r in enumerate(rows) if r[:2] == (k, c)]
+        out[f"{k}{c:+g}"] = {"score": score[sel], "texts": [texts[i] for i in sel]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def plot_layers(rows_by_concept: dict, layers, model_name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows_by_concept), figsize=(6.4 * len(rows_by_concept), 3.8), squeeze=False)
+    for ax, (concept, rows) in zip(axes[0], rows_by_concept.items()):
+        for m, color in (("pca", "tab:blue"), ("mean_diff", "tab:green")):
+            ax.plot(layers, np.mean([r["test_pair_by_layer"] for r in rows[m]], 0), "-o", ms=3, color=color,
+                    label=f"{m} pair (test)")
+            ax.plot(layers, np.mean([r["test_single_by_layer"] for r in rows[m]], 0), "--", color=color,
+                    label=f"{m} single (test)")
+        ax.plot(layers, np.mean([r["shuffled_sa_by_layer"] for r in rows["pca"]], 0), ":", color="tab:red",
+                label="shuffled labels, max(acc, 1-acc)")
+        ax.plot(layers, np.mean([r["random_sa_by_layer"] for r in rows["pca"]], 0), ":", color="grey",
+                label="random directions, max(acc, 1-acc)")
+        ax.axhline(0.5, color="k", lw=0.5)
+        ax.set_ylim(0.3, 1.02)
+        ax.set_xlabel("layer (resid_post)")
+        ax.set_ylabel("held-out accuracy (mean over seeds)")
+        ax.set_title(f"{concept}: {model_name}")
+        ax.legend(fontsize=6)
+    return fig
+
+
+def plot_steer(grids: dict, starts, coeffs, concept: str, label: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    c0 = list(coeffs).index(0.0)
+    lim = max(float(np.abs(g.mean(-1) - g.mean(-1)[:, c0:c0 + 1]).max()) for g in grids.values()) or 1.0
+    for ax, (k, g) in zip(axes, grids.items()):
+        d = g.mean(-1) - g.mean(-1)[:, c0:c0 + 1]
+        im = ax.imshow(d, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(len(coeffs)), [f"{c:g}" for c in coeffs])
+        ax.set_yticks(range(len(starts)), [f"{s}-{s + BAND - 1}" for s in starts])
+        ax.set_xlabel("coefficient (x mean gap per layer)")
+        ax.set_title(f"{k} vector")
+    axes[0].set_ylabel("layers steered")
+    fig.colorbar(im, ax=axes, label=f"change in {label}")
+    fig.suptitle(f"{concept}: steering {BAND} layers at once")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--site", default="resid_post")
-    ap.add_argument("--method", default="pca", choices=rd.METHODS)
-    ap.add_argument("--steer-layer", type=int, default=None, help="layer for the control demo (default: best held-out)")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(HERE / "results"))
-    args = ap.parse_args()
-    t_start = time.perf_counter()
-    model = interpjax.load(args.model)
-    cfg = model.cfg
-    out_dir = Path(args.out) / ("quick" if args.quick else "full")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    layers = list(range(cfg.n_layers))
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--quick", action="store_true", help="fewer pairs, one split seed, a small control part")
+    ap.add_argument("--concepts", nargs="+", default=list(CONCEPTS), choices=CONCEPTS)
+    ap.add_argument("--no-control", action="store_true", help="reading only (no steering part)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", default=None, help="results folder (default: this folder's results/)")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
 
-    # 1. reading vectors, held-out accuracy by event: 5 folds, each holding out 3 of the 15 events
-    #    (for every name), so a test scenario's event was never seen in training
-    names = NAMES[:4] if args.quick else NAMES
-    n_ev = len(EVENTS["happy"])
-    pos_acts = st.activations_at(model, stimuli("happy", range(n_ev), names), args.site, layers)  # [L, names*events, D]
-    neg_acts = st.activations_at(model, stimuli("sad", range(n_ev), names), args.site, layers)
-    event_of = np.tile(np.arange(n_ev), len(names))
-    folds = np.array_split(np.random.default_rng(1).permutation(n_ev), 5)
-    pair_hits, single_hits, ctrl_hits = [], [], []
-    for held_events in folds:
-        test = np.isin(event_of, held_events)
-        rv_f = rd.fit(pos_acts[:, ~test], neg_acts[:, ~test], layers, args.site, args.method)
-        sp, sn = rv_f.scores(pos_acts[:, test]), rv_f.scores(neg_acts[:, test])
-        pair_hits.append(sp > sn)
-        single_hits.append(np.concatenate([sp > 0, sn < 0], 1))
-        # control: the same fit on random "pairs" drawn from the pooled happy and sad training texts
-        pool = np.concatenate([pos_acts[:, ~test], neg_acts[:, ~test]], 1)
-        perm = np.random.default_rng(2).permutation(pool.shape[1])
-        half = pool.shape[1] // 2
-        rv_c = rd.fit(pool[:, perm[:half]], pool[:, perm[half:2 * half]], layers, args.site, args.method)
-        ctrl_hits.append(rv_c.scores(pos_acts[:, test]) > rv_c.scores(neg_acts[:, test]))
-    held = {"pair": np.concatenate(pair_hits, 1).mean(1).tolist(),
-            "single": np.concatenate(single_hits, 1).mean(1).tolist()}
-    ctrl = {"pair": np.concatenate(ctrl_hits, 1).mean(1).tolist()}
-    train_pos = stimuli("happy", range(n_ev), names)
-    rv = rd.reading_vectors(model, train_pos, stimuli("sad", range(n_ev), names), layers, site=args.site,
-                            method=args.method, label="happy - sad")
-    rv.save(out_dir / "happy_sad.reading.safetensors")
 
-    # 2. LAT scan of a story whose mood turns
-    s = rd.scan(model, SCAN_TEXT, rv)
-    rd.render_html(s, out_dir / "scan.html", title="LAT scan: happy (green) vs sad (red)")
-    rd.heatmap_png(s, out_dir / "scan.png", title="LAT scan, happy - sad reading vector")
+def main(argv=None, model=None):
+    args = parse_args(argv)
+    import interpjax
+    from interpjax.io.artifacts import model_identity
+    from interpjax.io.loading import model_label
+    from interpjax.methods import reading as rd
 
-    # 3. four emotions across layers
-    acts = {e: st.activations_at(model, stimuli(e, range(15), names[:4] if args.quick else names), args.site, layers)
-            for e in EVENTS}
-    sep = rd.concept_separation(acts)
-    rd.concept_plot(acts, out_dir / "emotions_pca.png", layers, title="four emotions, PCA per layer")
+    seeds = SEEDS[:1] if args.quick else SEEDS
+    model_name = model_label(args.model)
+    rec = Record(HERE, quick=args.quick, model=model_name, seeds=seeds, argv=argv,
+                 out=None if args.out is None else Path(args.out))
+    model = interpjax.load(args.model) if model is None else model
+    L = model.cfg.n_layers
+    layers = list(range(L))
+    arrays, rows_by, summary, pairs_by, splits_by = {}, {}, {}, {}, {}
+    head_rows, seed_rows = [], []
+    for concept in args.concepts:
+        pairs = build_pairs(concept, args.quick)
+        pos, neg = pair_acts(model, pairs, layers, args.batch_size)
+        splits = [S.split_groups(pairs, s) for s in seeds]
+        log(f"{concept}: {len(pairs)} pairs, {len({p['group'] for p in pairs})} groups, activations {pos.shape}")
+        rows, summ = evaluate_concept(pos, neg, splits, layers, seeds)
+        arrays[concept], rows_by[concept], summary[concept] = {"pos": pos, "neg": neg}, rows, summ
+        pairs_by[concept], splits_by[concept] = pairs, splits
+        for m in ("pca", "mean_diff"):
+            s = summ[m]
+            head_rows.append([concept, m, ", ".join(map(str, s["layers"])), fmt_ci(s["pair"]), fmt_ci(s["single"]),
+                              fmt_ci(s["shuffled"]), fmt_ci(s["random"])])
+            for r, seed in zip(rows[m], seeds):
+                seed_rows.append([concept, m, seed, f"{r['n_train']}/{r['n_dev']}/{r['n_test']}", r["layer"],
+                                  fmt_ci(r["pair"]), fmt_ci(r["single"]), f"{r['shuffled_layer']}: {fmt_ci(r['shuffled'])}",
+                                  f"{r['random_layer']}: {fmt_ci(r['random'])}", fmt_ci(r["minus_best_control"])])
+            log(f"{concept}/{m}: layers {s['layers']} pair {fmt_ci(s['pair'])} single {fmt_ci(s['single'])} "
+                f"shuffled {fmt_ci(s['shuffled'])} random {fmt_ci(s['random'])}")
+        by_layer = [[l] + [f"{np.mean([r[k][i] for r in rows[m]]):.3f}" for m in ("pca", "mean_diff")
+                           for k in ("dev_pair_by_layer", "test_pair_by_layer", "test_single_by_layer")]
+                    + [f"{np.mean([r[k][i] for r in rows['pca']]):.3f}" for k in ("shuffled_sa_by_layer", "random_sa_by_layer")]
+                    for i, l in enumerate(layers)]
+        rec.table(f"by_layer_{concept}.md", markdown_table(
+            ["layer", "PCA dev pair", "PCA test pair", "PCA test single", "mean-diff dev pair", "mean-diff test pair",
+             "mean-diff test single", "shuffled-label ctrl (sign-agnostic)", "random-dir ctrl (sign-agnostic)"], by_layer))
 
-    # 4a. control, next token: log p(" happy") - log p(" sad") after neutral "... She felt" prompts with the
-    #     reading vector (coeff 1 = mean gap) added at every position of one layer: layers x coeffs, one program
-    happy_id = model.tokenizer(" happy", add_special_tokens=False)["input_ids"][0]
-    sad_id = model.tokenizer(" sad", add_special_tokens=False)["input_ids"][0]
-    ntok, nmask = model.to_tokens(NEUTRAL)
-    vecs_LD = jnp.asarray(rv.directions_LD * np.asarray(rv.meta["mean_gap"], np.float32)[:, None])
-    grid_coeffs = [-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0]
+    rec["n_pairs"] = {c: len(p) for c, p in pairs_by.items()}
+    rec["n_groups"] = {c: len({p["group"] for p in ps}) for c, ps in pairs_by.items()}
+    rec["per_seed"] = rows_by
+    rec["summary"] = summary
+    rec["effect_holds"] = {c: effect_holds(summary[c]) for c in summary}
+    rec["examples"] = {c: {"pos": ps[0]["pos"], "neg": ps[0]["neg"]} for c, ps in pairs_by.items()}
+    rec.table("headline.md", markdown_table(
+        ["concept", "reading vector", "dev-chosen layer (per seed)", "test pair acc", "test single acc",
+         "shuffled-label ctrl", "random-direction ctrl"], head_rows))
+    rec.table("seeds.md", markdown_table(
+        ["concept", "vector", "seed", "pairs train/dev/test", "layer", "pair acc (bootstrap CI)", "single acc",
+         "shuffled ctrl (layer: acc)", "random ctrl (layer: acc)", "pair − best ctrl"], seed_rows))
+    rec.figure("accuracy_by_layer.png", plot_layers(rows_by, layers, model_name))
 
-    def happy_minus_sad(layer, coeff):
-        iv = Add(args.site, layer=layer, vector=vecs_LD[layer], coeff=coeff)
-        logp = jax.nn.log_softmax(interpjax.forward(cfg, model.params, ntok, nmask, iv)[:, -1].astype(jnp.float32))
-        return (logp[:, happy_id] - logp[:, sad_id]).mean()
+    # reading vectors of split seed 0 (train pairs): the scans and the control use them
+    rvs = {}
+    for concept in args.concepts:
+        tr = splits_by[concept][0]["train"]
+        rvs[concept] = rd.fit(arrays[concept]["pos"][:, tr], arrays[concept]["neg"][:, tr], layers, SITE, "pca", 0,
+                              {**model_identity(model), "label": f"{concept} (seed-0 train pairs)"})
+        rvs[concept].save(rec.out / f"{concept}.reading.safetensors")
+        scan = rd.scan(model, S.SCAN_TEXTS[concept], rvs[concept])
+        band = list(range(band_start(rows_by[concept]["pca"][0]["layer"], L, 5),
+                          band_start(rows_by[concept]["pca"][0]["layer"], L, 5) + 5))
+        rd.render_html(scan, rec.out / f"scan_{concept}.html", layers=band,
+                       title=f"LAT scan, {concept} reading vector (green = {'happy' if concept == 'emotion' else 'true'})")
+        rd.heatmap_png(scan, rec.out / f"scan_{concept}.png", title=f"LAT scan: {concept} (PCA, seed-0 train pairs)")
+        rec[f"scan_{concept}"] = {"text": S.SCAN_TEXTS[concept], "tokens": scan.tokens, "colour_layers": band,
+                                  "scores_TL": np.round(scan.scores_TL, 3)}
 
-    lsd = np.asarray(jax.jit(jax.vmap(lambda l: jax.vmap(lambda c: happy_minus_sad(l, c))(jnp.asarray(grid_coeffs))))(
-        jnp.arange(cfg.n_layers)))
+    if not args.no_control:
+        control_part(rec, model, args, rvs, rows_by, pairs_by, splits_by, seeds)
+    path = rec.save()
+    rec.arrays, rec.splits, rec.layers = arrays, splits_by, layers  # for in-process checks (not saved)
+    if not args.quick:
+        sync_readme(HERE / "README.md", rec.out)
+    print(markdown_table(["concept", "reading vector", "layers", "pair", "single", "shuffled", "random"], head_rows))
+    print(f"effect holds: {rec['effect_holds']}; wrote {path}")
+    return rec
 
-    # 4b. control: add the reading vector while generating, prompts x coefficients in one compiled loop
-    steer_layer = args.steer_layer if args.steer_layer is not None else int(np.argmax(held["pair"]))
-    vec = rv.steering(steer_layer)
-    coeffs = [-4.0, 0.0, 4.0] if args.quick else [-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0]
-    prompts = NEUTRAL[:2] if args.quick else NEUTRAL
-    n_samples = 1 if args.quick else 4
-    n_new = 12 if args.quick else 24
-    rows = [(c, p) for c in coeffs for p in prompts for _ in range(n_samples)]
-    ptoks, pmask = model.to_tokens([p for _, p in rows])
-    ivs = stack_rows([vec.intervention(c) for c, _ in rows])
-    t0 = time.perf_counter()
-    gen = generate(cfg, model.params, ptoks, n_new, ivs, attention_mask=pmask, per_row=True, temperature=1.0,
-                   top_k=40, seed=1)
-    t_gen = time.perf_counter() - t0
-    T0 = ptoks.shape[1]
-    conts = [model.to_string(gen.tokens[i, T0:][gen.mask[i, T0:] > 0]) for i in range(len(rows))]
-    control = {}
-    for c in coeffs:
-        texts = [t for (cc, _), t in zip(rows, conts) if cc == c]
-        control[str(c)] = {"happy_words": sum(count_words(t, HAPPY_WORDS) for t in texts),
-                           "sad_words": sum(count_words(t, SAD_WORDS) for t in texts), "n": len(texts),
-                           "examples": texts[:2]}
 
-    res = {
-        "model": args.model if args.model != str(DEFAULT_MODEL) else "llama2c-stories260k", "site": args.site,
-        "method": args.method, "layers": layers, "n_pairs": len(train_pos), "folds": [f.tolist() for f in folds],
-        "train_pair_accuracy": rv.meta["train_pair_accuracy"], "heldout_pair_accuracy": held["pair"],
-        "heldout_single_accuracy": held["single"], "random_pairs_control_pair_accuracy": ctrl["pair"],
-        "explained_variance": rv.meta.get("explained_variance"),
-        "scan": {"text": SCAN_TEXT, "tokens": s.tokens, "scores_TL": np.round(s.scores_TL, 3).tolist()},
-        "emotion_separation_nc_accuracy": sep.tolist(), "emotions": list(EVENTS),
-        "next_token_control": {"coeffs": grid_coeffs, "prompts": NEUTRAL,
-                               "happy_minus_sad_logprob_LC": np.round(lsd, 4).tolist()},
-        "control": {"layer": steer_layer, "coeffs": coeffs, "per_coeff": control, "rows": len(rows),
-                    "seconds_incl_compile": t_gen},
-        "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
-    }
-    write_json(res, out_dir / "results.json")
-    print(f"RepE happy vs sad on {res['model']} ({args.site}, {args.method}); {len(train_pos)} pairs, held-out accuracy "
-          f"over 5 folds that each hold out 3 of {n_ev} events")
-    print("layer   train(all)  held-out pair  held-out single  random-pairs ctrl  emotions NC acc (4-way)")
-    for i, l in enumerate(layers):
-        print(f"  {l:2d}    {rv.meta['train_pair_accuracy'][i]:.2f}           {held['pair'][i]:.2f}            "
-              f"{held['single'][i]:.2f}              {ctrl['pair'][i]:.2f}                 {sep[i]:.2f}")
-    print("next-token control: mean log p(' happy') - log p(' sad') after neutral '... She felt' prompts")
-    print("coeff   " + "".join(f"{c:>7g}" for c in grid_coeffs))
-    for l in layers:
-        print(f"  L{l}   " + "".join(f"{v:7.2f}" for v in lsd[l]))
-    print(f"generation control at layer {steer_layer} (coeff 1 = mean happy-sad gap), {len(rows)} rows in one compiled loop "
-          f"({t_gen:.1f}s incl. compile):")
-    for c in coeffs:
-        d = control[str(c)]
-        print(f"  coeff {c:+5.1f}: happy words {d['happy_words']:3d}, sad words {d['sad_words']:3d}  "
-              f"e.g. {d['examples'][0][:90]!r}")
-    print(f"wrote {out_dir}  ({res['wall_seconds']:.1f}s)")
+def control_part(rec, model, args, rvs, rows_by, pairs_by, splits_by, seeds) -> None:
+    """Steering with the seed-0 reading vector at bands of BAND layers vs a norm-matched random
+    vector: next-token logit differences over bands x coefficients, the model's true/false
+    judgement, and (emotion) sampled generations scored with word lists."""
+    L = model.cfg.n_layers
+    starts = [0, 3] if args.quick else list(range(0, L - BAND + 1, 3))
+    coeffs = (-1.0, 0.0, 1.0) if args.quick else COEFFS
+    steer_rows, steer, gen_rows = [], {}, []
+    for concept in rvs:
+        chosen = rows_by[concept]["pca"][0]["layer"]
+        s0 = band_start(chosen, L)
+        band_starts = sorted(set(starts) | {s0})
+        vecs = steering_vectors(rvs[concept], seed=11)
+        if concept == "emotion":
+            prompts = S.neutral_emotion_prompts(4 if args.quick else 16)
+        else:
+            te = splits_by[concept][0]["test"][: 4 if args.quick else 16]
+            ps = pairs_by[concept]
+            prompts = [S.JUDGE.format(statement=ps[i][k]) for i in te for k in ("true", "false")]
+        ids = tuple(token_id(model, t) for t in TARGET_TOKENS[concept])
+        grids = {k: logit_grid(model, prompts, v, band_starts, coeffs, ids) for k, v in vecs.items()}
+        log(f"{concept}: steering grid {grids['reading'].shape} done")
+        si, c = band_starts.index(s0), max(coeffs)
+        res = {"band": [s0, s0 + BAND - 1], "starts": band_starts, "coeffs": coeffs, "prompts": prompts,
+               "target_tokens": TARGET_TOKENS[concept], "grid_mean_SC": {k: g.mean(-1) for k, g in grids.items()}}
+        for k, g in grids.items():
+            res[f"{k}_shift"] = shift_summary(g, si, coeffs, c)
+        res["reading_minus_random"] = paired_bootstrap_diff(grids["reading"][si, coeffs.index(c)] - grids["reading"][si, coeffs.index(-c)],
+                                                            grids["random"][si, coeffs.index(c)] - grids["random"][si, coeffs.index(-c)])
+        if concept == "honesty":  # the unsteered model's own judgement: true statement above its false partner
+            base = grids["reading"][si, coeffs.index(0.0)]
+            res["judge_pair_accuracy_unsteered"] = bootstrap_ci((base[0::2] > base[1::2]).astype(np.float64))
+        steer[concept] = res
+        for k in grids:
+            steer_rows.append([concept, f"{s0}-{s0 + BAND - 1}", k, f"±{c:g}", fmt_ci(res[f"{k}_shift"])])
+        rec.figure(f"steer_{concept}.png", plot_steer(grids, band_starts, coeffs, concept,
+                                                      "log p({}) − log p({})".format(*TARGET_TOKENS[concept])))
+        grid_md = [[f"{s}-{s + BAND - 1}", k] + [f"{v:+.2f}" for v in g.mean(-1)[i] - g.mean(-1)[i, coeffs.index(0.0)]]
+                   for i, s in enumerate(band_starts) for k, g in grids.items()]
+        rec.table(f"steer_grid_{concept}.md", markdown_table(["layers", "vector"] + [f"c={x:g}" for x in coeffs], grid_md))
+        if concept == "emotion":
+            gprompts = S.neutral_emotion_prompts(4 if args.quick else 12)
+            gen = generation_test(model, vecs, s0, gprompts, GEN_COEFF, 1 if args.quick else 4, 12 if args.quick else 32,
+                                  seed=seeds[0])
+            gres = {}
+            for k in ("reading", "random"):
+                up, down = gen[f"{k}{GEN_COEFF:+g}"]["score"], gen[f"{k}{-GEN_COEFF:+g}"]["score"]
+                gres[k] = {"plus": bootstrap_ci(up), "minus": bootstrap_ci(down), "plus_minus_minus": paired_bootstrap_diff(up, down)}
+                gen_rows.append([f"{s0}-{s0 + BAND - 1}", k, fmt_ci(gres[k]["plus"]), fmt_ci(gres[k]["minus"]),
+                                 fmt_ci(gres[k]["plus_minus_minus"])])
+            gres["none"] = bootstrap_ci(gen["none+0"]["score"])
+            gen_rows.append([f"{s0}-{s0 + BAND - 1}", "none", fmt_ci(gres["none"]), "", ""])
+            gres["examples"] = {k: v["texts"][:3] for k, v in gen.items()}
+            gres["prompts"], gres["coeff"] = gprompts, GEN_COEFF
+            steer["generation"] = gres
+            log(f"generation: {fmt_ci(gres['reading']['plus_minus_minus'])} vs random {fmt_ci(gres['random']['plus_minus_minus'])}")
+    rec["control"] = steer
+    rec.table("steer.md", markdown_table(["concept", "layers steered (dev-chosen band)", "vector", "coefficient",
+                                          "metric(+c) − metric(−c), per prompt (bootstrap CI)"], steer_rows))
+    if gen_rows:
+        rec.table("generation.md", markdown_table(["layers steered", "vector", f"#happy − #sad words, +{GEN_COEFF:g}",
+                                                   f"−{GEN_COEFF:g}", "(+) − (−) (paired CI)"], gen_rows))
 
 
 if __name__ == "__main__":

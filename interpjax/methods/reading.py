@@ -336,3 +336,81 @@ def concept_plot(acts_by_concept: dict, path, layers, title: str = "") -> Path:
         return save_figure(fig, path)
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# controls and sign-aware scoring (what a held-out comparison of a reading vector needs)
+
+
+def single_accuracy(rv: ReadingVectors, pos_LND, neg_LND) -> np.ndarray:
+    """Per layer, the share of texts classified by the sign of their own score (positives above
+    the training centre, negatives below), averaged over the two sides: [L]."""
+    sp, sn = rv.scores(pos_LND), rv.scores(neg_LND)
+    return ((sp > 0).mean(1) + (sn < 0).mean(1)) / 2
+
+
+def sign_agnostic(acc) -> np.ndarray:
+    """``max(acc, 1 - acc)``: the accuracy of a direction under the better of its two signs. A
+    direction with an arbitrary sign (a control) scores 0.33 and 0.67 alike; this is their common
+    value, an upper bound of what the control could reach if its sign were chosen on the test data."""
+    a = np.asarray(acc, np.float64)
+    return np.maximum(a, 1.0 - a)
+
+
+def calibrate_signs(rv: ReadingVectors, pos_LND, neg_LND) -> ReadingVectors:
+    """``rv`` with each layer's direction flipped where fewer than half of the given (training)
+    pairs score their positive above their negative; meta ``mean_gap`` and ``train_pair_accuracy``
+    follow the flip."""
+    pos, neg = np.asarray(pos_LND, np.float32), np.asarray(neg_LND, np.float32)
+    gap_LN = np.einsum("lnd,ld->ln", pos - neg, rv.directions_LD)
+    acc = (gap_LN > 0).mean(1)
+    flip_L = np.where((acc < 0.5) | ((acc == 0.5) & (gap_LN.mean(1) < 0)), -1.0, 1.0).astype(np.float32)
+    gaps = gap_LN.mean(1) * flip_L
+    accs = np.where(flip_L > 0, acc, 1.0 - acc)
+    meta = {**rv.meta, "mean_gap": [float(g) for g in gaps], "train_pair_accuracy": [float(a) for a in accs]}
+    return replace(rv, directions_LD=(rv.directions_LD * flip_L[:, None]).astype(np.float32), meta=meta)
+
+
+def fit_shuffled(pos_LND, neg_LND, layers, site: str = "resid_post", method: str = "pca", seed: int = 0) -> ReadingVectors:
+    """The label-shuffled control of ``fit``: the 2N texts are pooled and dealt at random into N
+    pseudo-pairs whose two sides each hold half positives and half negatives (so a mean difference
+    carries no concept component by construction), the same pipeline fits them, and the signs are then set on the real pairs
+    (``calibrate_signs``), so the control differs from the method only in the pairing it learns from."""
+    pos, neg = np.asarray(pos_LND, np.float32), np.asarray(neg_LND, np.float32)
+    if pos.ndim != 3 or pos.shape != neg.shape:
+        raise ValueError(f"paired activations must both be [L, N, D]; got {pos.shape} and {neg.shape}")
+    N = pos.shape[1]
+    if N < 2:
+        raise ValueError(f"the shuffled control needs at least 2 pairs, got {N}")
+    rng = np.random.default_rng(seed)
+    K = N // 2  # each pseudo-side holds K positives and N - K negatives (or the reverse): balanced labels
+    p_perm, n_perm = rng.permutation(N), rng.permutation(N)
+    side_a = np.concatenate([pos[:, p_perm[:K]], neg[:, n_perm[:N - K]]], 1)
+    side_b = np.concatenate([pos[:, p_perm[K:]], neg[:, n_perm[N - K:]]], 1)
+    rv = fit(side_a[:, rng.permutation(N)], side_b[:, rng.permutation(N)], layers, site, method, seed,
+             {"control": "shuffled_labels"})
+    return calibrate_signs(rv, pos, neg)
+
+
+def random_reading_vectors(pos_LND, neg_LND, layers, site: str = "resid_post", n: int = 1, seed: int = 0) -> list:
+    """``n`` random-direction controls: uniformly random unit directions per layer with the same
+    centring and scale rule as ``fit`` and signs set on the given (training) pairs."""
+    pos, neg = np.asarray(pos_LND, np.float32), np.asarray(neg_LND, np.float32)
+    if pos.ndim != 3 or pos.shape != neg.shape or pos.shape[0] != len(tuple(np.atleast_1d(layers))):
+        raise ValueError(f"paired activations must both be [L={len(tuple(np.atleast_1d(layers)))}, N, D]; "
+                         f"got {pos.shape} and {neg.shape}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    L, _, D = pos.shape
+    both = np.concatenate([pos, neg], 1)
+    center = both.mean(1)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        u = rng.normal(size=(L, D)).astype(np.float32)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        scale = np.maximum(np.einsum("lnd,ld->ln", both - center[:, None], u).std(1), 1e-12).astype(np.float32)
+        rv = ReadingVectors(u, center.astype(np.float32), scale, tuple(int(l) for l in np.atleast_1d(layers)), site,
+                            "random", {"control": "random_direction"})
+        out.append(calibrate_signs(rv, pos, neg))
+    return out

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import interpjax
 from interpjax.core import model as M
 from interpjax.methods import reading as rd
 
-from conftest import REPO, STORIES, needs_stories
+from conftest import STORIES, needs_stories
 
 
 def test_fit_recovers_planted_directions_only_where_planted():
@@ -155,18 +153,3 @@ def test_reading_artifacts_round_trip_and_refusal(stories_rv, tmp_path, tiny_mod
     assert np.allclose(sv.vector / np.linalg.norm(sv.vector), rv.directions_LD[3] * np.sign(rv.meta["mean_gap"][3]))
     with pytest.raises(ValueError, match="contrast sets are paired"):
         rd.reading_vectors(m, pos, neg[:2])
-
-
-@needs_stories
-@pytest.mark.slow
-def test_repe_experiment_quick(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "experiments/repe/run.py"), "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    q = tmp_path / "quick"
-    res = json.loads((q / "results.json").read_text())
-    assert len(res["heldout_pair_accuracy"]) == 5 and len(res["emotion_separation_nc_accuracy"]) == 5
-    assert max(res["heldout_pair_accuracy"]) >= 0.7  # the last layers read happy vs sad on unseen events
-    assert res["emotion_separation_nc_accuracy"][-1] > res["emotion_separation_nc_accuracy"][0]
-    for name in ("scan.html", "scan.png", "emotions_pca.png", "happy_sad.reading.safetensors"):
-        assert (q / name).stat().st_size > 0
