@@ -53,11 +53,11 @@ def host(tree):
 
 def test_encode_pairs_masks_exactly_the_answer_tokens():
     tok = CharTokenizer()
-    d = encode_pairs(tok, ["ab:", "c:"], [" x", " yz"])
+    d = encode_pairs(tok, ["ab:", "c:"], [" x", " y"])
     c = lambda s: [3 + ALPHABET.index(ch) for ch in s]  # noqa: E731
     assert d["tokens"].dtype == np.int32 and d["loss_mask"].dtype == np.float32
     np.testing.assert_array_equal(d["tokens"], [[1] + c("ab:") + c(" x") + [2],
-                                                [1] + c("c:") + c(" yz") + [2, 0]])
+                                                [1] + c("c:") + c(" y") + [2, 0]])
     np.testing.assert_array_equal(d["loss_mask"], [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1, 0]])
     d = encode_pairs(tok, ["ab:"], [" x"], bos=False, eos=False, max_len=8)
     np.testing.assert_array_equal(d["tokens"], [c("ab:") + c(" x") + [0, 0, 0]])
