@@ -21,6 +21,7 @@ Per concept and split seed (3 seeds; groups dealt 60/20/20 into train/dev/test):
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import time
@@ -195,24 +196,33 @@ def band_interventions(vecs_LD, start, coeff, width: int = BAND) -> tuple:
     return tuple(Add(SITE, layer=start + k, vector=vecs_LD[start + k], coeff=coeff) for k in range(width))
 
 
-def logit_grid(model, prompts, vecs_LD, starts, coeffs, ids: tuple) -> np.ndarray:
-    """log p(ids[0]) - log p(ids[1]) at the last position of each prompt, with the vector added at
-    each band start x coefficient: [S, C, P], one vmapped program."""
+@functools.lru_cache(maxsize=None)
+def _grid_program(cfg, ids: tuple):
+    """The jitted [S, C, P] grid for one model config and token pair; the weights, prompts and
+    vectors are its arguments (closing over them would make XLA constant-fold 135M weights)."""
     import jax
     import jax.numpy as jnp
 
     import interpjax
 
-    toks, mask = model.to_tokens(prompts)
-    vecs = jnp.asarray(vecs_LD, jnp.float32)
-
-    def cell(start, coeff):
-        out = interpjax.forward(model.cfg, model.params, toks, mask, band_interventions(vecs, start, coeff))
+    def cell(params, toks, mask, vecs, start, coeff):
+        out = interpjax.forward(cfg, params, toks, mask, band_interventions(vecs, start, coeff))
         logp = jax.nn.log_softmax(out[:, -1].astype(jnp.float32))
         return logp[:, ids[0]] - logp[:, ids[1]]
 
-    grid = jax.jit(jax.vmap(lambda s: jax.vmap(lambda c: cell(s, c))(jnp.asarray(coeffs, jnp.float32))))
-    return np.asarray(grid(jnp.asarray(starts, jnp.int32)))
+    over_c = jax.vmap(cell, in_axes=(None, None, None, None, None, 0))
+    return jax.jit(jax.vmap(over_c, in_axes=(None, None, None, None, 0, None)))
+
+
+def logit_grid(model, prompts, vecs_LD, starts, coeffs, ids: tuple) -> np.ndarray:
+    """log p(ids[0]) - log p(ids[1]) at the last position of each prompt, with the vector added at
+    each band start x coefficient: [S, C, P], one vmapped program per model config."""
+    import jax.numpy as jnp
+
+    toks, mask = model.to_tokens(prompts)
+    grid = _grid_program(model.cfg, tuple(int(i) for i in ids))
+    return np.asarray(grid(model.params, jnp.asarray(toks), jnp.asarray(mask), jnp.asarray(vecs_LD, jnp.float32),
+                           jnp.asarray(starts, jnp.int32), jnp.asarray(coeffs, jnp.float32)))
 
 
 def band_start(layer: int, n_layers: int, width: int = BAND) -> int:
