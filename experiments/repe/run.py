@@ -1,5 +1,6 @@
 """Representation Engineering (M1, Zou et al. 2023) on SmolLM2-135M-Instruct: reading vectors for
-two concepts -- happiness vs sadness in scenarios, and true vs false statements -- at every layer,
+two concepts -- happiness vs sadness in scenarios, and true vs false statements (only the facts
+whose true version the model itself finds more likely than the false one) -- at every layer,
 scored on held-out pairs that share no scenario / fact with the training pairs, against two
 sign-agnostic controls; LAT token x layer scans; and control by adding the reading vector to
 several layers at once (next-token logit differences over layer bands x coefficients, sampled
@@ -9,10 +10,14 @@ Per concept and split seed (3 seeds; groups dealt 60/20/20 into train/dev/test):
 - PCA and mean-difference reading vectors are fitted on train at every layer; the layer is chosen
   by dev pair accuracy and reported on test (pair accuracy and single accuracy, bootstrap 95% CI
   over test pairs).
-- Controls, same layers and splits: the same pipeline fitted on label-shuffled pseudo-pairs, and 20
-  random unit directions; both scored sign-agnostically, max(acc, 1 - acc) on test, at their own
-  dev-chosen layer -- so a control gets the better of its two signs on the test data, the method
-  only its train-chosen sign.
+- Controls, same layers and splits: the same pipeline fitted on label-shuffled pseudo-pairs (20
+  draws) and 20 random unit directions; both scored sign-agnostically, max(acc, 1 - acc) on test,
+  at a dev-chosen layer -- so a control gets the better of its two signs on the test data, the
+  method only its train-chosen sign.
+- The effect check (``effect_holds``) pairs each reader with the control that removes what it
+  learns from: mean-diff (supervised) against its label-shuffled fit, PCA (unsupervised, the
+  paper's LAT, which needs no labels and so survives shuffling) against the random direction.
+  It is required for emotion (``REQUIRED``); for honesty it is reported.
 
     python experiments/repe/run.py            # full run -> results/full, README blocks
     python experiments/repe/run.py --quick    # small CI run -> results/quick (or --out DIR)
@@ -42,7 +47,10 @@ SEEDS = (0, 1, 2)
 CONCEPTS = ("emotion", "honesty")
 CORES = ("method", "shuffled", "random")
 N_RANDOM = 20            # random directions per split (the random-direction control)
-MARGIN = 0.1             # the asserted effect: test pair accuracy beats both controls by this much
+N_SHUFFLED = 20          # label-shuffled fits per split (the shuffled-label control)
+MARGIN = 0.1             # the asserted effect: test pair accuracy beats the reader's control by this much
+CONTROL_OF = {"mean_diff": "shuffled", "pca": "random"}  # the control each reader's effect is checked against
+REQUIRED = ("emotion",)  # the concepts effect_holds must hold for (honesty: reported, not required)
 BAND = 3                 # control: the vector is added at this many consecutive layers at once
 COEFFS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)  # x the per-layer mean positive-negative gap
 GEN_COEFF = 1.0          # generation: +/- this coefficient (fixed before the full run)
@@ -65,6 +73,35 @@ def build_pairs(concept: str, quick: bool) -> list[dict]:
     if concept == "honesty":
         return S.honesty_pairs(40, 40) if quick else S.honesty_pairs()
     raise ValueError(f"concept={concept!r}; valid: {CONCEPTS}")
+
+
+def statement_log_probs(model, texts, batch_size: int = 64) -> np.ndarray:
+    """Sum of the model's log-probabilities of each text's tokens after its first: [N]."""
+    import jax
+    import jax.numpy as jnp
+
+    import interpjax
+
+    out = []
+    for i in range(0, len(texts), batch_size):
+        toks, mask = model.to_tokens(texts[i:i + batch_size])
+        toks, real = jnp.asarray(toks), jnp.asarray(mask) > 0
+        logits = interpjax.forward(model.cfg, model.params, toks, jnp.asarray(mask), ())
+        lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+        tgt = jnp.take_along_axis(lp, toks[:, 1:, None], -1)[..., 0]
+        out.append(np.asarray(jnp.where(real[:, :-1] & real[:, 1:], tgt, 0.0).sum(1)))
+    return np.concatenate(out)
+
+
+def known_facts(model, pairs, batch_size: int = 64) -> tuple[list, dict]:
+    """The honesty pairs whose true statement the model itself finds more likely than its false
+    partner (so a truth reading has something to read), and the share kept per kind."""
+    lt = statement_log_probs(model, [p["true"] for p in pairs], batch_size)
+    lf = statement_log_probs(model, [p["false"] for p in pairs], batch_size)
+    keep = lt > lf
+    kinds = sorted({p["kind"] for p in pairs})
+    share = {k: float(np.mean([keep[i] for i, p in enumerate(pairs) if p["kind"] == k])) for k in kinds}
+    return [p for p, k in zip(pairs, keep) if k], {"all": float(keep.mean()), **share}
 
 
 def pair_acts(model, pairs, layers, batch_size: int = 64):
@@ -109,7 +146,7 @@ def sign_agnostic_choice(dev_LN: np.ndarray, test_LN: np.ndarray):
 
 
 def evaluate_split(pos, neg, split: dict, layers, seed: int, method: str = "pca", core: str = "method",
-                   n_random: int = N_RANDOM) -> dict:
+                   n_random: int = N_RANDOM, n_shuffled: int = N_SHUFFLED) -> dict:
     """One split: reading vectors (``core``; the method unless a control replaces it) fitted on train,
     layer chosen on dev, scored on test; plus the shuffled-label and random-direction controls."""
     from interpjax.methods import reading as rd
@@ -119,9 +156,14 @@ def evaluate_split(pos, neg, split: dict, layers, seed: int, method: str = "pca"
     dev_hits, test_hits = hits(rv, pos[:, dev], neg[:, dev]), hits(rv, pos[:, te], neg[:, te])
     sel = int(np.argmax(dev_hits.mean(1)))
     single_LN = np.concatenate([rv.scores(pos[:, te]) > 0, rv.scores(neg[:, te]) < 0], 1)
-    sh = rd.fit_shuffled(pos[:, tr], neg[:, tr], layers, SITE, method, seed + 1)
-    sh_dev, sh_test = hits(sh, pos[:, dev], neg[:, dev]), hits(sh, pos[:, te], neg[:, te])
-    sh_sel, sh_items = sign_agnostic_choice(sh_dev, sh_test)
+    # shuffled labels: each draw at its own dev-chosen layer, its sign chosen on test; mean over draws
+    shs = [rd.fit_shuffled(pos[:, tr], neg[:, tr], layers, SITE, method, seed + 1 + 7919 * k) for k in range(n_shuffled)]
+    sh_dev = np.stack([hits(h, pos[:, dev], neg[:, dev]) for h in shs])  # [K, L, N]
+    sh_test = np.stack([hits(h, pos[:, te], neg[:, te]) for h in shs])
+    sh_choice = [sign_agnostic_choice(sh_dev[k], sh_test[k]) for k in range(n_shuffled)]
+    sh_items = np.mean([c[1] for c in sh_choice], 0)
+    sh_layers = [layers[c[0]] for c in sh_choice]
+    # random directions: one layer chosen on dev for all draws, each draw's sign chosen on test
     rands = rd.random_reading_vectors(pos[:, tr], neg[:, tr], layers, SITE, n_random, seed + 2)
     r_dev = np.stack([hits(r, pos[:, dev], neg[:, dev]) for r in rands])  # [K, L, N]
     r_test = np.stack([hits(r, pos[:, te], neg[:, te]) for r in rands])
@@ -129,17 +171,18 @@ def evaluate_split(pos, neg, split: dict, layers, seed: int, method: str = "pca"
     r_items = np.mean([sign_agnostic_choice(r_dev[k, r_sel][None], r_test[k, r_sel][None])[1]
                        for k in range(n_random)], 0)
     pair_items = test_hits[sel].astype(np.float64)
-    best_ctrl = sh_items if sh_items.mean() >= r_items.mean() else r_items
     return {
-        "layer": layers[sel], "shuffled_layer": layers[sh_sel], "random_layer": layers[r_sel],
-        "n_train": len(tr), "n_dev": len(dev), "n_test": len(te),
+        "layer": layers[sel], "shuffled_layer": int(np.bincount(sh_layers).argmax()), "shuffled_layers": sh_layers,
+        "random_layer": layers[r_sel], "n_train": len(tr), "n_dev": len(dev), "n_test": len(te),
         "pair": bootstrap_ci(pair_items, seed=seed), "single": bootstrap_ci(single_LN[sel].astype(np.float64), seed=seed),
         "shuffled": bootstrap_ci(sh_items, seed=seed), "random": bootstrap_ci(r_items, seed=seed),
-        "minus_best_control": paired_bootstrap_diff(pair_items, best_ctrl, seed=seed),
+        "shuffled_draws": [float(c[1].mean()) for c in sh_choice],
+        "minus_shuffled": paired_bootstrap_diff(pair_items, sh_items, seed=seed),
+        "minus_random": paired_bootstrap_diff(pair_items, r_items, seed=seed),
         "train_pair_by_layer": rv.meta["train_pair_accuracy"],
         "dev_pair_by_layer": dev_hits.mean(1), "test_pair_by_layer": test_hits.mean(1),
         "test_single_by_layer": single_LN.mean(1),
-        "shuffled_sa_by_layer": rd.sign_agnostic(sh_test.mean(1)),
+        "shuffled_sa_by_layer": rd.sign_agnostic(sh_test.mean(-1)).mean(0),
         "random_sa_by_layer": rd.sign_agnostic(r_test.mean(-1)).mean(0),
     }
 
@@ -147,26 +190,34 @@ def evaluate_split(pos, neg, split: dict, layers, seed: int, method: str = "pca"
 def summarise(rows: list) -> dict:
     """Mean over split seeds (Student-t 95% interval) of the test numbers at the dev-chosen layers."""
     s = {k: seed_summary([r[k]["value"] for r in rows]) for k in ("pair", "single", "shuffled", "random")}
-    s["minus_best_control_lo"] = [r["minus_best_control"]["lo"] for r in rows]
+    for ctrl in ("shuffled", "random"):
+        s[f"minus_{ctrl}_lo"] = [r[f"minus_{ctrl}"]["lo"] for r in rows]
     s["layers"] = [r["layer"] for r in rows]
     return s
 
 
 def evaluate_concept(pos, neg, splits: list, layers, seeds, methods=("pca", "mean_diff"), core: str = "method",
-                     n_random: int = N_RANDOM) -> tuple[dict, dict]:
+                     n_random: int = N_RANDOM, n_shuffled: int = N_SHUFFLED) -> tuple[dict, dict]:
     """Every split of one concept for each reading method: (per-seed rows, summaries) by method."""
-    rows = {m: [evaluate_split(pos, neg, sp, layers, seed, m, core, n_random) for sp, seed in zip(splits, seeds)]
-            for m in methods}
+    rows = {m: [evaluate_split(pos, neg, sp, layers, seed, m, core, n_random, n_shuffled)
+                for sp, seed in zip(splits, seeds)] for m in methods}
     return rows, {m: summarise(r) for m, r in rows.items()}
 
 
-def effect_holds(summary: dict, margin: float = MARGIN, method: str = "pca") -> bool:
-    """The asserted effect for one concept: the ``method``'s test pair accuracy at the dev-chosen
-    layer (mean over seeds) beats the sign-agnostic shuffled-label and random-direction controls by
-    ``margin``, and on every seed the paired bootstrap interval of method - best control excludes 0."""
-    s = summary[method]
-    return bool(s["pair"]["value"] > max(s["shuffled"]["value"], s["random"]["value"]) + margin
-                and all(lo > 0 for lo in s["minus_best_control_lo"]))
+def reader_beats_control(s: dict, control: str, margin: float = MARGIN) -> bool:
+    """One reader's summary beats ``control`` by ``margin`` (mean over seeds) and on every seed the
+    paired bootstrap interval of reader - control lies above 0."""
+    return bool(s["pair"]["value"] > s[control]["value"] + margin and all(lo > 0 for lo in s[f"minus_{control}_lo"]))
+
+
+def effect_holds(summary: dict, margin: float = MARGIN) -> bool:
+    """The asserted effect for one concept: each reader of ``CONTROL_OF`` beats its own control --
+    mean-diff its label-shuffled fit, PCA the random direction -- by ``margin`` on held-out pairs at
+    the dev-chosen layer, every seed's paired interval above 0."""
+    missing = [m for m in CONTROL_OF if m not in summary]
+    if missing:
+        raise ValueError(f"effect_holds needs summaries of {list(CONTROL_OF)}; missing {missing}")
+    return all(reader_beats_control(summary[m], c, margin) for m, c in CONTROL_OF.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,9 +400,17 @@ def main(argv=None, model=None):
     L = model.cfg.n_layers
     layers = list(range(L))
     arrays, rows_by, summary, pairs_by, splits_by = {}, {}, {}, {}, {}
-    head_rows, seed_rows = [], []
+    head_rows, seed_rows, knowledge = [], [], {}
     for concept in args.concepts:
         pairs = build_pairs(concept, args.quick)
+        if concept == "honesty":
+            n_all = len(pairs)
+            pairs, share = known_facts(model, pairs, args.batch_size)
+            knowledge.update(n_pairs_before=n_all, lm_prefers_true=share)
+            know_rows = [[k, f"{v:.3f}"] for k, v in share.items()]
+            rec.table("knowledge.md", markdown_table(["statement kind", "share of pairs with log p(true) > log p(false)"],
+                                                     know_rows))
+            log(f"honesty: the model prefers the true statement in {share['all']:.3f} of {n_all} pairs; kept those")
         pos, neg = pair_acts(model, pairs, layers, args.batch_size)
         splits = [S.split_groups(pairs, s) for s in seeds]
         log(f"{concept}: {len(pairs)} pairs, {len({p['group'] for p in pairs})} groups, activations {pos.shape}")
@@ -365,7 +424,8 @@ def main(argv=None, model=None):
             for r, seed in zip(rows[m], seeds):
                 seed_rows.append([concept, m, seed, f"{r['n_train']}/{r['n_dev']}/{r['n_test']}", r["layer"],
                                   fmt_ci(r["pair"]), fmt_ci(r["single"]), f"{r['shuffled_layer']}: {fmt_ci(r['shuffled'])}",
-                                  f"{r['random_layer']}: {fmt_ci(r['random'])}", fmt_ci(r["minus_best_control"])])
+                                  f"{r['random_layer']}: {fmt_ci(r['random'])}", fmt_ci(r["minus_shuffled"]),
+                                  fmt_ci(r["minus_random"])])
             log(f"{concept}/{m}: layers {s['layers']} pair {fmt_ci(s['pair'])} single {fmt_ci(s['single'])} "
                 f"shuffled {fmt_ci(s['shuffled'])} random {fmt_ci(s['random'])}")
         by_layer = [[l] + [f"{np.mean([r[k][i] for r in rows[m]]):.3f}" for m in ("pca", "mean_diff")
@@ -377,17 +437,21 @@ def main(argv=None, model=None):
              "mean-diff test single", "shuffled-label ctrl (sign-agnostic)", "random-dir ctrl (sign-agnostic)"], by_layer))
 
     rec["n_pairs"] = {c: len(p) for c, p in pairs_by.items()}
+    if knowledge:
+        rec["honesty_known_facts"] = knowledge
     rec["n_groups"] = {c: len({p["group"] for p in ps}) for c, ps in pairs_by.items()}
     rec["per_seed"] = rows_by
     rec["summary"] = summary
     rec["effect_holds"] = {c: effect_holds(summary[c]) for c in summary}
+    rec["effect_required"] = [c for c in REQUIRED if c in summary]
     rec["examples"] = {c: {"pos": ps[0]["pos"], "neg": ps[0]["neg"]} for c, ps in pairs_by.items()}
     rec.table("headline.md", markdown_table(
         ["concept", "reading vector", "dev-chosen layer (per seed)", "test pair acc", "test single acc",
          "shuffled-label ctrl", "random-direction ctrl"], head_rows))
     rec.table("seeds.md", markdown_table(
         ["concept", "vector", "seed", "pairs train/dev/test", "layer", "pair acc (bootstrap CI)", "single acc",
-         "shuffled ctrl (layer: acc)", "random ctrl (layer: acc)", "pair − best ctrl"], seed_rows))
+         f"shuffled ctrl, {N_SHUFFLED} fits (modal layer: acc)", f"random ctrl, {N_RANDOM} dirs (layer: acc)",
+         "pair − shuffled ctrl (paired CI)", "pair − random ctrl (paired CI)"], seed_rows))
     rec.figure("accuracy_by_layer.png", plot_layers(rows_by, layers, model_name))
 
     # reading vectors of split seed 0 (train pairs): the scans and the control use them

@@ -1,7 +1,7 @@
-"""experiments/repe (M1) on SmolLM2-135M-Instruct, in process: at the dev-chosen layer the PCA
-reading vector reads happiness vs sadness on held-out scenarios far above the sign-agnostic
-shuffled-label and random-direction controls; the same predicate fails when the reading vector is
-replaced by either control. Plus the stimulus generator, the splits and the README."""
+"""experiments/repe (M1) on SmolLM2-135M-Instruct, in process: at the dev-chosen layer each reader
+reads happiness vs sadness on held-out scenarios above its own control -- mean-diff above its
+label-shuffled fit, PCA above sign-agnostic random directions; the same check fails when the
+readers are replaced by their controls. Plus the stimulus generator, the splits and the README."""
 
 from __future__ import annotations
 
@@ -37,13 +37,12 @@ def quick(run, real_model, tmp_path_factory):
 
 @pytest.mark.slow
 @needs_real_lm(MODEL)
-@pytest.mark.xfail(strict=True, reason="known non-effect (README): the label-shuffled PCA control reaches the reading "
-                   "vector's held-out accuracy, because PCA of random pairs finds the emotion axis without labels; "
-                   "the standard's effect check is therefore not met and repe stays 'pending'")
-def test_reading_vector_beats_sign_agnostic_controls_on_held_out_scenarios(run, quick):
+def test_each_reader_beats_its_control_on_held_out_scenarios(run, quick):
     s = quick["summary"]["emotion"]
-    assert quick["effect_holds"]["emotion"] and run.effect_holds(s)
-    assert s["pca"]["pair"]["value"] > max(s["pca"]["shuffled"]["value"], s["pca"]["random"]["value"]) + run.MARGIN
+    assert quick["effect_holds"]["emotion"] and run.effect_holds(s) and quick["effect_required"] == ["emotion"]
+    md, pca = s["mean_diff"], s["pca"]
+    assert md["pair"]["value"] > md["shuffled"]["value"] + run.MARGIN and min(md["minus_shuffled_lo"]) > 0
+    assert pca["pair"]["value"] > pca["random"]["value"] + run.MARGIN and min(pca["minus_random_lo"]) > 0
 
 
 @pytest.mark.slow
@@ -60,12 +59,13 @@ def test_quick_run_writes_only_quick_results_and_a_self_contained_scan(run, quic
 
 @pytest.mark.slow
 @needs_real_lm(MODEL)
-def test_the_effect_check_fails_when_the_reading_vector_is_replaced_by_its_controls(run, quick):
+def test_the_effect_check_fails_when_the_readers_are_replaced_by_their_controls(run, quick):
     a, splits = quick.arrays["emotion"], quick.splits["emotion"]
-    for core in ("shuffled", "random"):
-        _, summary = run.evaluate_concept(a["pos"], a["neg"], splits, quick.layers, quick.meta["seeds"],
-                                          methods=("pca",), core=core)
+    for core, reader, control in (("shuffled", "mean_diff", "shuffled"), ("random", "pca", "random")):
+        # labels shuffled before fitting / random directions in place of the fitted ones
+        _, summary = run.evaluate_concept(a["pos"], a["neg"], splits, quick.layers, quick.meta["seeds"], core=core)
         assert not run.effect_holds(summary), core
+        assert not run.reader_beats_control(summary[reader], control), core
 
 
 def test_stimuli_are_many_paired_and_never_name_the_emotion(stim):
@@ -99,10 +99,17 @@ def test_splits_share_no_group_and_false_facts_stay_in_their_block(stim):
 
 def test_effect_predicate(run):
     ci = lambda v: {"value": v}  # noqa: E731
-    good = {"pca": {"pair": ci(0.9), "shuffled": ci(0.6), "random": ci(0.7), "minus_best_control_lo": [0.1, 0.05]}}
-    assert run.effect_holds(good)
-    assert not run.effect_holds({"pca": {**good["pca"], "random": ci(0.85)}})
-    assert not run.effect_holds({"pca": {**good["pca"], "minus_best_control_lo": [0.1, -0.01]}})
+    reader = lambda pair, sh, rnd, lo_sh=(0.1, 0.05), lo_r=(0.1, 0.05): {  # noqa: E731
+        "pair": ci(pair), "shuffled": ci(sh), "random": ci(rnd), "minus_shuffled_lo": list(lo_sh),
+        "minus_random_lo": list(lo_r)}
+    good = {"pca": reader(0.9, 0.85, 0.7), "mean_diff": reader(0.9, 0.6, 0.7)}
+    assert run.effect_holds(good)  # PCA's shuffled control may read the concept: PCA needs no labels
+    assert not run.effect_holds({**good, "pca": reader(0.9, 0.6, 0.85)})
+    assert not run.effect_holds({**good, "mean_diff": reader(0.9, 0.85, 0.7)})
+    assert not run.effect_holds({**good, "pca": reader(0.9, 0.6, 0.7, lo_r=(0.1, -0.01))})
+    assert not run.effect_holds({**good, "mean_diff": reader(0.9, 0.6, 0.7, lo_sh=(0.0, 0.2))})
+    with pytest.raises(ValueError, match="missing \\['mean_diff'\\]"):
+        run.effect_holds({"pca": good["pca"]})
     assert np.isclose(run.band_start(0, 30), 0) and run.band_start(29, 30) == 27 and run.band_start(10, 30) == 9
 
 
