@@ -179,12 +179,15 @@ def repeat_test(model, token_ids, *, max_new_tokens: int = 16, batch_size: int =
         raise ValueError(f"token ids must be in 0..{V - 1}; got min {ids.min()}, max {ids.max()}")
     tok = model.tokenizer
     prompts = repeat_prompts(model, ids, chat)
+    # a chat template writes its own special tokens; a completion prompt needs the tokenizer's BOS
+    # (Gemma's outputs degrade to noise without it)
+    special = not (bool(getattr(tok, "chat_template", None)) if chat is None else chat)
     stops = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab()
                          else None} if t is not None]
     answers = []
     for i in range(0, len(prompts), batch_size):
         part = prompts[i:i + batch_size]
-        enc = [tok(p, add_special_tokens=False)["input_ids"] for p in part]
+        enc = [tok(p, add_special_tokens=special)["input_ids"] for p in part]
         T = max(map(len, enc))
         pad = tok.pad_token_id if tok.pad_token_id is not None else (stops[0] if stops else 0)
         tokens = np.full((batch_size, T), pad, np.int32)  # a fixed batch: one compiled program

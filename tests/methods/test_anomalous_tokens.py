@@ -137,3 +137,26 @@ def test_repeat_test_prompts_answers_and_scoring():
         AT.repeat_prompts(model, ids, chat=True)
     with pytest.raises(ValueError, match="token ids must be in"):
         AT.repeat_test(model, [model.cfg.vocab_size])
+
+
+@needs_stories
+def test_completion_repeat_prompts_start_with_the_tokenizers_bos(monkeypatch):
+    """A base model's two-shot prompt is encoded with its BOS (Gemma copies nothing without it)."""
+    import interpjax
+    import interpjax.generate as G
+
+    model = interpjax.load(str(STORIES))
+    tok = model.tokenizer
+    assert tok.bos_token_id is not None
+    seen = {}
+    real = G.generate
+
+    def spy(cfg, params, tokens, *a, attention_mask=None, **k):
+        seen["tokens"], seen["mask"] = np.asarray(tokens), np.asarray(attention_mask)
+        return real(cfg, params, tokens, *a, attention_mask=attention_mask, **k)
+
+    monkeypatch.setattr(G, "generate", spy)
+    ids = [tok(" cat", add_special_tokens=False)["input_ids"][-1]]
+    AT.repeat_test(model, ids, max_new_tokens=2, batch_size=2, chat=False)
+    first = seen["tokens"][0][seen["mask"][0].astype(bool)][0]
+    assert first == tok.bos_token_id
