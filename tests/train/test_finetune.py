@@ -172,3 +172,43 @@ def test_bad_inputs_are_refused(model, call, match):
     data = encode_pairs(model.tokenizer, *pairs(4))
     with pytest.raises((ValueError, TypeError), match=match):
         call(model, data, TrainConfig(optimizer="adamw", weight_decay=0.0))
+
+
+def test_data_parallel_finetune_over_4_devices_matches_one(tmp_path):
+    """finetune(data_parallel=True) on 4 simulated host devices: the same per-step losses and
+    final params as one device (a subset fine-tune, so the frozen Partial is replicated too). SGD,
+    so the update is linear in the gradient: Adam's normalisation would blow the all-reduce's
+    rounding up to ~lr on near-zero gradients."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys, json, jax, numpy as np
+sys.path.insert(0, sys.argv[2])
+from test_finetune import CharTokenizer, pairs
+from interpjax.core.handle import Model
+from interpjax.testing import tiny_config
+from interpjax.train import TrainConfig, encode_pairs, finetune, init_params
+cfg = tiny_config(vocab_size=48, d_model=32, n_layers=2, n_ctx=16)
+m = Model(cfg, init_params(cfg, jax.random.PRNGKey(0)), CharTokenizer(), "tiny")
+data = encode_pairs(m.tokenizer, *pairs())
+tuned, hist = finetune(m, data, TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.0), steps=4, batch_size=8,
+                       trainable=[1], data_parallel=len(jax.devices()) > 1)
+np.save(sys.argv[1], np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tuned.params)]))
+print(json.dumps({"n": len(jax.devices()), "loss": [h["loss"] for h in hist]}))
+"""
+    script = tmp_path / "dp.py"
+    script.write_text(code)
+    here = os.path.dirname(__file__)
+    out = {}
+    for n in (4, 1):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        r = subprocess.run([sys.executable, str(script), str(tmp_path / f"p{n}.npy"), here], env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[n] = json.loads(r.stdout.splitlines()[-1])
+    assert out[4]["n"] == 4 and out[1]["n"] == 1
+    np.testing.assert_allclose(out[4]["loss"], out[1]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "p4.npy"), np.load(tmp_path / "p1.npy"), rtol=1e-4, atol=1e-6)
