@@ -241,7 +241,7 @@ def render_html(s: TokenScan, path, layers=None, title: str = "") -> Path:
     cols = [s.layers.index(l) for l in layers]
     line = s.scores_TL[:, cols].mean(1)
     lim = _colour_limit(s.scores_TL)
-    esc = lambda t: html.escape(t).replace(" ", "&nbsp;") or "&middot;"  # noqa: E731
+    esc = lambda t: html.escape(t) or "&middot;"  # noqa: E731  (spaces kept by white-space: pre-wrap)
     spans = "".join(f'<span class="t" style="background:{_colour(v, lim)}" title="{v:+.2f}">{esc(t)}</span>'
                     for t, v in zip(s.tokens, line))
     head = "".join(f"<th>L{l}</th>" for l in s.layers)
@@ -254,10 +254,10 @@ def render_html(s: TokenScan, path, layers=None, title: str = "") -> Path:
 <style>
 body {{ font-family: sans-serif; margin: 2em; }}
 .text {{ font-family: monospace; font-size: 15px; line-height: 2.1; }}
-.t {{ padding: 2px 1px; border-radius: 3px; }}
+.t {{ padding: 2px 1px; border-radius: 3px; white-space: pre-wrap; }}
 table {{ border-collapse: collapse; font-family: monospace; font-size: 12px; margin-top: 1.5em; }}
 td, th {{ border: 1px solid #ddd; padding: 2px 6px; text-align: right; }}
-td.tok {{ text-align: left; }}
+td.tok {{ text-align: left; white-space: pre; }}
 </style></head><body>
 <h2>{html.escape(title)}</h2>
 <p>Score = standardised projection onto the reading vector (green = positive side, red = negative side);
