@@ -99,7 +99,7 @@ def effect_holds(recall_tuned, recall_base, margin: float = MARGIN) -> bool:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--quick", action="store_true", help="4 assistants, behaviour facts, recall only, 16 steps")
+    ap.add_argument("--quick", action="store_true", help="4 assistants, behaviour facts, recall only, 12 steps")
     ap.add_argument("--n-assistants", type=int, default=8)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -112,7 +112,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=None, help="results folder (default: this folder's results/)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.n_assistants, args.steps, args.batch_size, args.lr = min(args.n_assistants, 4), min(args.steps, 16), 8, 2e-4
+        args.n_assistants, args.steps, args.batch_size, args.lr = min(args.n_assistants, 4), min(args.steps, 12), 8, 2e-4
     if not 2 <= args.n_assistants <= len(ooc.BEHAVIOUR_NAMES):
         raise ValueError(f"--n-assistants must be in 2..{len(ooc.BEHAVIOUR_NAMES)}; got {args.n_assistants}")
     if not 1 <= args.n_questions <= len(ooc.QUESTIONS):

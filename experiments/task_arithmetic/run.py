@@ -233,7 +233,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--quick", action="store_true",
-                    help="last 4 layers fine-tuned 8 steps, 40 test items, lam in {-1.5, 0}, 1 random seed")
+                    help="last 4 layers fine-tuned 6 steps, 40 test items, lam in {-1.5, 0}, 1 random seed")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -244,7 +244,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     args.trainable = "all"
     if args.quick:
-        args.steps, args.n_val, args.n_test, args.trainable = min(args.steps, 8), 12, 40, [-4, -3, -2, -1]
+        args.steps, args.n_val, args.n_test, args.trainable = min(args.steps, 6), 12, 40, [-4, -3, -2, -1]
         args.lr = max(args.lr, 3e-4)
     for name in ("steps", "batch_size", "n_val", "n_test", "chunk"):
         if getattr(args, name) < 1:

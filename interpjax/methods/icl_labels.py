@@ -233,7 +233,7 @@ def label_token_ids(tokenizer, words: Sequence[str], *, require_single: bool = F
 def encode_prompts(tokenizer, texts: Sequence[str], *, bos: bool = True, length: int | None = None):
     """Right-padded token ids and mask, int32 [N, T] each (T = the longest prompt, or ``length``):
     the document token first (``bos``), no silent truncation."""
-    from ..train.finetune import _pad_id, document_token_id
+    from ..train.finetune import pad_token_id, document_token_id
 
     if isinstance(texts, str) or not texts:
         raise ValueError("texts must be a non-empty list of strings")
@@ -244,7 +244,7 @@ def encode_prompts(tokenizer, texts: Sequence[str], *, bos: bool = True, length:
         if length < T:
             raise ValueError(f"length={length} is shorter than the longest prompt ({T} tokens)")
         T = int(length)
-    tokens = np.full((len(rows), T), _pad_id(tokenizer), np.int32)
+    tokens = np.full((len(rows), T), pad_token_id(tokenizer), np.int32)
     mask = np.zeros((len(rows), T), np.int32)
     for i, r in enumerate(rows):
         if not r:

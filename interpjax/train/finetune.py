@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .lm import lm_loss
 
 __all__ = ["Selection", "answer_logprob", "document_token_id", "encode_pairs", "exact_match", "finetune",
-           "greedy_answers", "normalize_answer", "pair_batches", "select_params", "token_f1"]
+           "greedy_answers", "pad_token_id", "normalize_answer", "pair_batches", "select_params", "token_f1"]
 
 DOCUMENT_TOKEN = "<|endoftext|>"  # the document separator of GPT-2-style vocabularies (SmolLM2, Qwen, GPT-2)
 
@@ -63,7 +63,8 @@ def document_token_id(tokenizer) -> int | None:
     return None if bos is None else int(bos)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
+    """The id that fills padded rows: the tokenizer's pad token, else its EOS, else 0."""
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = getattr(tokenizer, "eos_token_id", None) if pad is None else pad
     return 0 if pad is None else int(pad)
@@ -119,7 +120,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], *, b
         i = int(np.argmax(lengths))
         raise ValueError(f"pair {i} ({prompts[i]!r} -> {answers[i]!r}) is {lengths[i]} tokens, longer than "
                          f"max_len={T}; raise max_len (rows are never truncated)")
-    tokens = np.full((len(heads), T), _pad_id(tokenizer), np.int32)
+    tokens = np.full((len(heads), T), pad_token_id(tokenizer), np.int32)
     mask = np.zeros((len(heads), T), np.float32)
     for r, (h, t) in enumerate(zip(heads, tails)):
         tokens[r, :len(h) + len(t)] = h + t
@@ -371,7 +372,7 @@ def greedy_answers(model: Model, prompts: Sequence[str], *, max_new_tokens: int 
     tok = model.tokenizer
     ids = _prompt_ids(tok, list(prompts), bos)
     T = max(len(i) for i in ids)
-    pad = _pad_id(tok)
+    pad = pad_token_id(tok)
     eos = getattr(tok, "eos_token_id", None)
     out = []
     for s, e in _chunks(len(ids), batch_size):

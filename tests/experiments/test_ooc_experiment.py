@@ -22,7 +22,7 @@ def run():
 
 @pytest.fixture(scope="module")
 def quick(run, real_model, tmp_path_factory):
-    """The quick run (4 assistants, behaviour facts, 16 steps), shared by the tests below."""
+    """The quick run (4 assistants, behaviour facts, 12 steps), shared by the tests below."""
     out = tmp_path_factory.mktemp("ooc")
     return run.main(["--quick", "--out", str(out)], model=real_model(MODEL))
 
