@@ -28,6 +28,7 @@ from ..core.handle import require_model
 from ..core.sites import LAYER_SITES, feature_shape
 from ..io.artifacts import model_identity
 from ..train.optimizers import optax_promotion
+from .input_search import swap_candidates
 from .result import Result
 
 F32 = jnp.float32
@@ -414,13 +415,7 @@ def _gcg_step(cfg, params, prefix_P, free_UN, vectors_UF, site, layer, key, topk
     onehot = jax.nn.one_hot(free_UN, V, dtype=F32)
     cur, pull = jax.vjp(value, onehot)
     (g_UNV,) = pull(jnp.ones_like(cur))
-    g_UNV = jnp.where(allowed_V[None, None], g_UNV, -jnp.inf)
-    _, top_UNK = jax.lax.top_k(g_UNV, topk)  # replacements with the largest first-order gain
-    kp, kk = jax.random.split(key)
-    pos_UC = jax.random.randint(kp, (U, n_cand), 0, N)
-    pick_UC = jax.random.randint(kk, (U, n_cand), 0, topk)
-    new_UC = jnp.take_along_axis(top_UNK[jnp.arange(U)[:, None], pos_UC], pick_UC[..., None], -1)[..., 0]
-    cand_UCN = jnp.where(jnp.arange(N)[None, None] == pos_UC[..., None], new_UC[..., None], free_UN[:, None])
+    cand_UCN = swap_candidates(g_UNV, free_UN, allowed_V, key, topk, n_cand)
     toks = jnp.concatenate([jnp.broadcast_to(prefix_P[None, None], (U, n_cand, P)), cand_UCN], -1)
     rows = jnp.take(E, toks.reshape(U * n_cand, P + N), axis=0)
     val_UC = _unit_values(cfg, params, rows, site, layer, jnp.repeat(vectors_UF, n_cand, axis=0)).reshape(U, n_cand)

@@ -26,12 +26,25 @@ def _target_logprob(cfg, params, rows_BTD, target):
     return jax.nn.log_softmax(logits, -1)[:, target]
 
 
+def swap_candidates(g_UNV, free_UN, allowed_V, key, topk: int, n_cand: int):
+    """GCG's candidate prompts [U, C, N]: each copies the current tokens ``free_UN`` with one
+    position swapped for one of the ``topk`` allowed tokens of largest gradient ``g_UNV`` at that
+    position (position and pick drawn from ``key``). Shared by every GCG objective (traceable)."""
+    U, N, _ = g_UNV.shape
+    g_UNV = jnp.where(allowed_V[None, None], g_UNV, -jnp.inf)
+    _, top_UNK = jax.lax.top_k(g_UNV, topk)  # replacements whose first-order gain is largest
+    kp, kk = jax.random.split(key)
+    pos_UC = jax.random.randint(kp, (U, n_cand), 0, N)
+    pick_UC = jax.random.randint(kk, (U, n_cand), 0, topk)
+    new_UC = jnp.take_along_axis(top_UNK[jnp.arange(U)[:, None], pos_UC], pick_UC[..., None], -1)[..., 0]
+    return jnp.where(jnp.arange(N)[None, None] == pos_UC[..., None], new_UC[..., None], free_UN[:, None])
+
+
 @functools.partial(jax.jit, static_argnums=(0, 6, 7))
 def _gcg_step(cfg, params, prefix_P, free_N, target, key, topk: int, n_cand: int, allowed_V):
     """One GCG step: (best candidate free tokens [N], its log p, the current log p)."""
     E = params["embed"]["tok"]
     V = E.shape[0]
-    N = free_N.shape[0]
     pre_rows = jnp.take(E, prefix_P, axis=0)
 
     def objective(onehot_NV):
@@ -40,13 +53,7 @@ def _gcg_step(cfg, params, prefix_P, free_N, target, key, topk: int, n_cand: int
 
     onehot = jax.nn.one_hot(free_N, V, dtype=jnp.float32)
     cur, g_NV = jax.value_and_grad(objective)(onehot)
-    g_NV = jnp.where(allowed_V[None], g_NV, -jnp.inf)
-    _, top_NK = jax.lax.top_k(g_NV, topk)  # replacements whose first-order gain is largest
-    kp, kk = jax.random.split(key)
-    pos_C = jax.random.randint(kp, (n_cand,), 0, N)
-    pick_C = jax.random.randint(kk, (n_cand,), 0, topk)
-    new_C = top_NK[pos_C, pick_C]
-    cand_CN = jnp.where(jnp.arange(N)[None] == pos_C[:, None], new_C[:, None], free_N[None])
+    cand_CN = swap_candidates(g_NV[None], free_N[None], allowed_V, key, topk, n_cand)[0]
     toks_CT = jnp.concatenate([jnp.broadcast_to(prefix_P[None], (n_cand, prefix_P.shape[0])), cand_CN], 1)
     lp_C = _target_logprob(cfg, params, jnp.take(E, toks_CT, axis=0), target)
     best = jnp.argmax(lp_C)
