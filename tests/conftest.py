@@ -126,16 +126,29 @@ def _release_compiled_programs():
     jax.clear_caches()
 
 
-# The README's test command runs the suite on two pytest-xdist workers with ``--dist loadgroup``:
-# every module is one group (its module fixtures -- e.g. an experiment's quick run -- are built once),
-# and the modules that load Gemma 3 share a group, so that each worker loads a real model at most once
-# and Gemma only one of them.
+# The README's test command runs the suite on two pytest-xdist workers. Every test module is one unit
+# of work sent whole to one worker (so its module fixtures -- e.g. an experiment's quick run -- are built
+# once), and the modules that load Gemma 3 share a unit, so that Gemma is loaded by one worker only.
+# The grouping is our own scheduler: xdist 3.8's ``--dist loadgroup`` marks groups by rewriting
+# ``item._nodeid``, which pytest 9 no longer reads, so under pytest 9 every module was split over both
+# workers and each expensive module fixture was built twice.
 XDIST_GROUPS = {"tests/io/test_real_model.py": "gemma", "tests/io/test_gguf.py": "gemma"}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(module, module)))
+def xdist_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module, or the shared group of XDIST_GROUPS."""
+    module = nodeid.split("::")[0].split("@")[0]
+    return XDIST_GROUPS.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") == "each":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return xdist_unit(nodeid)
+
+    return ModuleUnits(config, log)

@@ -410,6 +410,33 @@ def run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, recor
     return logits, recorded
 
 
+def run_recorded(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
+                 types_BT=None):
+    """Only the recorded activations of ``run``, computing no more of the model than they need: the
+    layer scan stops after the deepest recorded layer, and the unembedding runs only when ``logits``
+    is recorded (activation datasets of early layers skip most of the model)."""
+    if "logits" in record:
+        return run(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_BT=types_BT)[1]
+    B, T = tokens_BT.shape
+    pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
+    idx = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+    ctx = make_ctx(cfg, idx, mask_BT, idx, mask_BT, rope_pos_BT=pos)
+    recorded = {}
+    global_tap = _make_tap(ivs, None, record, recorded)
+    x = global_tap("embed", embed(cfg, params, tokens_BT, pos, types_BT))
+    needs_all = "final" in record
+    stop = cfg.n_layers if needs_all or not layers else max(layers) + 1
+    if needs_all or any(s in LAYER_SITES for s in record):
+        x, layer_acts, _ = run_layers(cfg, params, x, ctx, ivs, record, layers, stop=stop)
+        recorded.update(layer_acts)
+    if needs_all:
+        global_tap("final", final_norm(cfg, params, x))
+    return recorded
+
+
+run_recorded_jit = jax.jit(run_recorded, static_argnums=(0, 6, 7))
+
+
 def site_dtype(params: dict, site: str):
     """Attention scores and patterns are kept in float32; everything else in the compute dtype."""
     return F32 if site in ("attn_scores", "pattern") else compute_dtype(params)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .artifacts import model_fingerprint
 from .loading import read_safetensors, write_safetensors
-from ..core import inputs
+from ..core import inputs, model as M
 from ..core.sites import ATTN_SITES, LAYER_SITES, SITES, feature_shape
 
 FORMAT = "interpjax.activations/1"
@@ -270,7 +270,7 @@ def _fingerprint(seqs, chunks, meta) -> str:
 
 def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch_size: int = 16,
             chunk_examples: int = 1024, dtype: str = "float32", meta: dict | None = None,
-            progress: bool = False) -> "ActivationDataset":
+            units=None, progress: bool = False) -> "ActivationDataset":
     """Record ``sites`` at ``layers`` (None = all) and the chosen ``positions`` of every example into
     chunked safetensors files under ``out_dir``; resumes an interrupted identical collection.
 
@@ -279,6 +279,9 @@ def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch
     "all" (every real token), an int array [N] / [N, P] of indices into each example's own tokens
     (negatives from its end), or a callable (tokens [B, T], mask [B, T]) -> [B] / [B, P] indices
     into the left-padded batch it is given. ``meta``: {name: array [N, ...]} stored per row.
+    ``units``: distinct indices into the last feature axis of every site (e.g. 32 of an MLP's
+    neurons): only those are stored, so records over millions of tokens stay small. The model runs
+    only as deep as the deepest requested layer (no unembedding unless ``logits`` is a site).
     """
     cfg = model.cfg
     sites, layers = _validate_request(cfg, sites, layers, dtype, batch_size, chunk_examples)
@@ -286,6 +289,7 @@ def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch
     seqs = _check_tokens(cfg, seqs)
     rule = _check_positions(positions, len(seqs))
     meta = _check_meta(meta, len(seqs))
+    units = _check_units(cfg, sites, units)
     chunks = _plan(model, seqs, rule, int(batch_size), int(chunk_examples))  # resolves every position first
 
     spec = {
@@ -299,7 +303,8 @@ def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch
         "n_inputs": len(seqs),
         "batch_size": int(batch_size),
         "chunk_examples": int(chunk_examples),
-        "feature_shapes": {s: list(feature_shape(cfg, s)) for s in sites},
+        "feature_shapes": {s: _stored_shape(cfg, s, units) for s in sites},
+        "units": None if units is None else units.tolist(),
         "meta_keys": {k: [str(v.dtype), list(v.shape[1:])] for k, v in meta.items()},
         "fingerprint": _fingerprint(seqs, chunks, meta),
     }
@@ -318,7 +323,7 @@ def collect(model, data, *, sites, layers=None, positions="last", out_dir, batch
 
         todo = tqdm(todo, desc="chunks")
     for ci in todo:
-        tensors = _run_chunk(model, chunks[ci], sites, layers, np_dtype, meta)
+        tensors = _run_chunk(model, chunks[ci], sites, layers, np_dtype, meta, units)
         name = f"chunk_{ci:05d}.safetensors"
         write_safetensors(tensors, out / name)
         n_rows = int(tensors["example_ids"].shape[0])
@@ -359,17 +364,44 @@ def _open_out_dir(out: Path, spec: dict) -> list:
     return list(old["chunks"])
 
 
-def _run_chunk(model, chunk, sites, layers, np_dtype, meta) -> dict:
+def _check_units(cfg, sites, units):
+    """``units`` as a sorted-as-given int array of distinct indices valid for every site's last
+    feature axis, or None (keep every unit)."""
+    if units is None:
+        return None
+    arr = np.asarray(units)
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"units must be a non-empty 1-D array of integer unit indices; got {arr.dtype} {arr.shape}")
+    if len(np.unique(arr)) != arr.size:
+        raise ValueError(f"units contain duplicates: {arr.tolist()[:10]}...")
+    for s in sites:
+        width = feature_shape(cfg, s)[-1]
+        bad = arr[(arr < 0) | (arr >= width)]
+        if bad.size:
+            raise ValueError(f"units {bad.tolist()[:5]} are outside site {s!r}'s last axis 0..{width - 1}")
+    return arr.astype(np.int64)
+
+
+def _stored_shape(cfg, site, units) -> list:
+    shape = list(feature_shape(cfg, site))
+    if units is not None:
+        shape[-1] = int(len(units))
+    return shape
+
+
+def _run_chunk(model, chunk, sites, layers, np_dtype, meta, units=None) -> dict:
     """Run every batch of one chunk and gather the chosen rows: {site: [L, R, ...] or [R, ...]}."""
     parts = {s: [] for s in sites}
     ids, own = [], []
     for b in chunk["batches"]:
-        _, cache = model.run_with_cache(b["tokens"], sites=sites, layers=layers or None,
-                                        attention_mask=b["mask"])
+        tokens, mask, pos, ivs = M.prepare(model.cfg, model.params, b["tokens"], b["mask"], None)
+        cache = M.run_recorded_jit(model.cfg, model.params, tokens, mask, pos, ivs, tuple(sites), tuple(layers))
         rows, padded = jnp.asarray(b["rows"]), jnp.asarray(b["padded"])
         for s in sites:
             acts = cache[s]
             picked = acts[:, rows, padded] if s in LAYER_SITES else acts[rows, padded]
+            if units is not None:
+                picked = picked[..., jnp.asarray(units)]
             parts[s].append(np.asarray(jax.device_get(picked.astype(jnp.float32))).astype(np_dtype))
         ids.append(b["rows"].astype(np.int64) + b["first"])
         own.append(b["own"])

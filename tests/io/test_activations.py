@@ -247,3 +247,33 @@ def test_texts_padded_arrays_and_bfloat16(gpt2, tmp_path):
                     dtype="bfloat16")
     assert again.manifest["input_kind"] == "token batches"
     assert np.array_equal(again.load("resid_post"), ds.load("resid_post"))
+
+
+def test_units_keep_only_the_chosen_neurons_and_depth_stops_at_the_deepest_layer(gpt2, seqs, refs, tmp_path,
+                                                                                   monkeypatch):
+    units = np.array([5, 0, gpt2.cfg.d_mlp - 1])
+    ds = collect(gpt2, seqs, sites=["mlp_post"], layers=[0], positions="all", units=units,
+                 out_dir=tmp_path / "u", batch_size=4, chunk_examples=5)
+    got = ds.load("mlp_post", layer=0)
+    assert got.shape == (sum(len(s) for s in seqs), 3) and ds.manifest["units"] == units.tolist()
+    r = 0
+    for s, ref in zip(seqs, refs):  # layer 0 is LAYERS[1] in the reference
+        np.testing.assert_allclose(got[r:r + len(s)], ref["mlp_post"][1, 0][:, units], atol=1e-5)
+        r += len(s)
+    # the scan runs layer 0 only: a failure planted in layer 1's weights cannot reach the records
+    import jax
+
+    poisoned = dict(gpt2.params, layers=jax.tree.map(lambda v: v.at[1:].set(float("nan")), gpt2.params["layers"]))
+    bad = Model(cfg=gpt2.cfg, params=poisoned, tokenizer=gpt2.tokenizer, name="poisoned")
+    assert not np.isfinite(np.asarray(bad.run_with_cache(np.asarray(seqs[0])[None], sites=["mlp_post"],
+                                                        layers=[1])[1]["mlp_post"])).all()
+    again = collect(bad, seqs, sites=["mlp_post"], layers=[0], positions="all", units=units,
+                    out_dir=tmp_path / "u2", batch_size=4, chunk_examples=5)
+    assert np.isfinite(again.load("mlp_post", layer=0)).all()
+    for wrong, why in (([3, 3], "duplicates"), ([gpt2.cfg.d_mlp], "outside"), ([], "non-empty"),
+                       ([0.5], "integer")):
+        with pytest.raises(ValueError, match=why):
+            collect(gpt2, seqs, sites=["mlp_post"], layers=[0], units=np.array(wrong), out_dir=tmp_path / "bad")
+    with pytest.raises(ValueError, match="outside site 'resid_post'"):  # d_model 32 < d_mlp
+        collect(gpt2, seqs, sites=["resid_post"], layers=[0], units=np.array([100]), out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
