@@ -22,8 +22,8 @@ from .io.loading import load_params, load_tokenizer, save_pretrained
 
 # method modules (interpjax/methods/<name>.py), loaded lazily as interpjax.<name>
 METHODS = ("anomalous_tokens", "atp", "attribution", "conceptor", "das", "eap", "feature_vis", "icl_labels",
-           "input_search", "knockout", "lens", "probes", "reading", "sae", "sae_bank", "skill_neurons", "steering",
-           "task_arithmetic", "task_vectors")
+           "input_search", "kb_crawl", "knockout", "lens", "neuron_explain", "probes", "reading", "sae", "sae_bank",
+           "skill_neurons", "steering", "task_arithmetic", "task_vectors")
 _LAZY = {name: f".methods.{name}" for name in METHODS} | {"activations": ".io.activations"}
 
 

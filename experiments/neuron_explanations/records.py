@@ -9,7 +9,7 @@ with ``interpjax.activations.collect`` (chunked, atomic, resumable) under ``cach
 about 0.5 GB for the full records). The excerpt tokens go beside it in ``excerpts.npz``.
 
     python experiments/neuron_explanations/records.py            # full records (about 20 CPU-min)
-    python experiments/neuron_explanations/records.py --quick    # 40k tokens, for tests
+    python experiments/neuron_explanations/records.py --quick    # 41k tokens at layers 0 and 4, for tests
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 MODEL = "smollm2-135m-instruct"
 SITE = "mlp_post"
 LAYERS = (0, 4, 8, 12, 16, 20, 24, 28)
+QUICK_LAYERS = (0, 4)  # quick records stop after layer 4: a fresh checkout's test collects them in seconds
 N_UNITS = 32
 EXCERPT_LEN = 64
 FULL_TOKENS = 1_048_576
@@ -35,6 +36,11 @@ CORPUS_SEED = 0
 def unit_ids(cfg, n_units: int = N_UNITS, seed: int = UNIT_SEED) -> np.ndarray:
     """The recorded neuron indices (the same for every layer), sorted."""
     return np.sort(np.random.default_rng(seed).choice(cfg.d_mlp, n_units, replace=False))
+
+
+def layers(quick: bool) -> tuple:
+    """The recorded layers of the full or the quick records."""
+    return QUICK_LAYERS if quick else LAYERS
 
 
 def cache_dir(quick: bool) -> Path:
@@ -68,7 +74,7 @@ def build(model, quick: bool = False, *, n_tokens: int | None = None, out: Path 
     seqs = corpus_excerpts(model, n_tokens)
     units = unit_ids(model.cfg)
     out.mkdir(parents=True, exist_ok=True)
-    ds = collect(model, seqs, sites=[SITE], layers=list(LAYERS), positions="all", units=units,
+    ds = collect(model, seqs, sites=[SITE], layers=list(layers(quick)), positions="all", units=units,
                  out_dir=out / "acts", batch_size=32, chunk_examples=1024, dtype="float16", progress=progress)
     path = out / "excerpts.npz"
     if not path.exists():
