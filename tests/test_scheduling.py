@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO, xdist_unit
+from conftest import HEAVY_UNITS, REPO, unit_rank, xdist_unit
 
 MODULE = '''
 import os, pytest
@@ -27,6 +27,10 @@ def test_uses_it(built, i):
 def test_units_are_modules_and_the_gemma_modules_share_one():
     assert xdist_unit("tests/io/test_activations.py::test_x[a@b]") == "tests/io/test_activations.py"
     assert xdist_unit("tests/io/test_real_model.py::test_y") == xdist_unit("tests/io/test_gguf.py::test_z") == "gemma"
+    # the measured costly units go out first, in order of cost; every other unit after them
+    assert unit_rank("gemma") == 0 < unit_rank("tests/experiments/test_lens_experiments.py")
+    assert unit_rank("tests/core/test_model.py") == len(HEAVY_UNITS)
+    assert len(set(HEAVY_UNITS)) == len(HEAVY_UNITS) and all((REPO / u).is_file() for u in HEAVY_UNITS if u != "gemma")
 
 
 def test_two_workers_build_each_module_fixture_once(tmp_path):
