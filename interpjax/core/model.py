@@ -392,10 +392,12 @@ def run_layers(cfg: Config, params: dict, x_BTD, ctx, ivs: tuple, record: tuple,
 
 
 def run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
-         remat: bool = False, types_BT=None):
+         remat: bool = False, types_BT=None, trim: bool = False):
     """Run the model; returns (logits, {site: recorded activations}). ``record`` and ``layers``
     are static: layer sites are recorded for ``layers`` only, stacked on a leading axis.
-    ``remat`` recomputes each layer in the backward pass instead of storing its activations."""
+    ``remat`` recomputes each layer in the backward pass instead of storing its activations.
+    ``trim`` computes no more than ``record`` needs and returns (None, recorded) unless ``logits`` is
+    recorded: the layer scan stops after the deepest recorded layer and there is no unembedding."""
     B, T = tokens_BT.shape
     pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
     idx = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
@@ -403,35 +405,25 @@ def run(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, recor
     recorded = {}
     global_tap = _make_tap(ivs, None, record, recorded)
     x = global_tap("embed", embed(cfg, params, tokens_BT, pos, types_BT))
-    x, layer_acts, _ = run_layers(cfg, params, x, ctx, ivs, record, layers, remat=remat)
-    recorded.update(layer_acts)
+    head = not trim or "final" in record or "logits" in record  # the final norm (and maybe logits) is needed
+    if head or any(s in LAYER_SITES for s in record):
+        stop = cfg.n_layers if head or not layers else max(layers) + 1
+        x, layer_acts, _ = run_layers(cfg, params, x, ctx, ivs, record, layers, stop=stop, remat=remat)
+        recorded.update(layer_acts)
+    if not head:
+        return None, recorded
     final = global_tap("final", final_norm(cfg, params, x))
+    if trim and "logits" not in record:
+        return None, recorded
     logits = global_tap("logits", unembed(cfg, params, final))
     return logits, recorded
 
 
 def run_recorded(cfg: Config, params: dict, tokens_BT, mask_BT, pos_BT, ivs: tuple, record: tuple, layers: tuple,
                  types_BT=None):
-    """Only the recorded activations of ``run``, computing no more of the model than they need: the
-    layer scan stops after the deepest recorded layer, and the unembedding runs only when ``logits``
-    is recorded (activation datasets of early layers skip most of the model)."""
-    if "logits" in record:
-        return run(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_BT=types_BT)[1]
-    B, T = tokens_BT.shape
-    pos = positions_from_mask(mask_BT) if pos_BT is None else pos_BT
-    idx = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
-    ctx = make_ctx(cfg, idx, mask_BT, idx, mask_BT, rope_pos_BT=pos)
-    recorded = {}
-    global_tap = _make_tap(ivs, None, record, recorded)
-    x = global_tap("embed", embed(cfg, params, tokens_BT, pos, types_BT))
-    needs_all = "final" in record
-    stop = cfg.n_layers if needs_all or not layers else max(layers) + 1
-    if needs_all or any(s in LAYER_SITES for s in record):
-        x, layer_acts, _ = run_layers(cfg, params, x, ctx, ivs, record, layers, stop=stop)
-        recorded.update(layer_acts)
-    if needs_all:
-        global_tap("final", final_norm(cfg, params, x))
-    return recorded
+    """Only the recorded activations of ``run``, computing no more of the model than they need
+    (activation datasets of early layers skip most of the model)."""
+    return run(cfg, params, tokens_BT, mask_BT, pos_BT, ivs, record, layers, types_BT=types_BT, trim=True)[1]
 
 
 run_recorded_jit = jax.jit(run_recorded, static_argnums=(0, 6, 7))
