@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE.parent / "logit_lens"))
 
 from interpjax.evidence import (Record, bootstrap_ci, fmt_ci, markdown_table, paired_bootstrap_diff,  # noqa: E402
                                 seed_summary, sync_readme)
+from interpjax.io.artifacts import atomic_write_text  # noqa: E402
 from interpjax.methods import lens as LZ  # noqa: E402
 from interpjax.train import TrainConfig  # noqa: E402
 from pydoc_text import fmt_ppl as _ppl, pick, row_name, split_words, token_blocks, topic_split  # noqa: E402
@@ -246,6 +248,8 @@ def tables(result: dict) -> dict[str, str]:
             ["training per seed", f"{result['size']['steps']} steps × {result['size']['batch']} × {result['size']['T_train']} tokens"],
             ["translated rows where tuned ppl < logit ppl (paired 95% CI)", f"{cmp_['layers_tuned_beats_logit']['nll']} of {L}"],
             ["translated rows where tuned KL < logit KL (paired 95% CI)", f"{cmp_['layers_tuned_beats_logit']['kl']} of {L}"],
+            ["translated rows where tuned KL < shifted KL (paired 95% CI)",
+             f"{sum(rows[l]['kl_tuned_minus_shifted']['hi'] < 0 for l in range(L))} of {L}"],
             [f"row {mid}: KL tuned − logit, nats", fmt_ci(m["kl_tuned_minus_logit"])],
             [f"row {mid}: KL tuned − shifted, nats", fmt_ci(m["kl_tuned_minus_shifted"])]]
     if "kl_tuned_seeds" in m:
@@ -288,13 +292,16 @@ def figures(result: dict, model_name: str):
     rows, L = result["compare"]["per_layer"], result["compare"]["n_translated"]
     x = np.arange(L + 1)
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.2))
-    for ax, key, lab in ((axes[0], "ppl", "perplexity of the actual next token"), (axes[1], "kl", "KL(output ‖ lens) [nats]")):
+    # perplexity as log10 on a linear axis: Gemma's embedding row reaches 1e270, past what a log axis can pad
+    for ax, key, lab in ((axes[0], "ppl", "log10 perplexity of the actual next token"), (axes[1], "kl", "KL(output ‖ lens) [nats]")):
+        f = np.log10 if key == "ppl" else np.asarray
         for name, style in (("logit", "--"), ("tuned", "-"), ("shifted", ":")):
-            v = np.array([r[f"{key}_{name}"]["value"] for r in rows])
-            lo, hi = (np.array([r[f"{key}_{name}"][e] for r in rows]) for e in ("lo", "hi"))
+            v = f(np.array([r[f"{key}_{name}"]["value"] for r in rows]))
+            lo, hi = (f(np.array([r[f"{key}_{name}"][e] for r in rows])) for e in ("lo", "hi"))
             ax.plot(x, v, ls=style, marker="o", ms=3, label=f"{name} lens")
             ax.fill_between(x, lo, hi, alpha=0.2)
-        ax.set_yscale("log")
+        if key == "kl":
+            ax.set_yscale("log")
         ax.set(xlabel="lens row (input of layer; last = output)", ylabel=lab)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -325,11 +332,14 @@ def analyze(model, size: dict, workdir: Path, progress: bool = False) -> dict:
     train_blocks = token_blocks(model, sp["train"], size["T_train"])
     held_all = token_blocks(model, sp["heldout"], size["T"])
     held = pick(held_all, size["n_eval"], 0)
+    t0 = time.perf_counter()
     lenses, logs = train_lenses(model, train_blocks, size, workdir, progress)
+    print(f"{model.name}: trained {len(lenses)} lenses in {time.perf_counter() - t0:.0f} s", flush=True)
     s0 = size["seeds"][0]
     todo = {"logit": LZ.init_tuned_lens(model.cfg, model.params, model.name), "shifted": LZ.shifted_lens(lenses[s0]),
             **{f"tuned/{s}": lenses[s] for s in size["seeds"]}}
     metrics = eval_lenses(model, held, todo)
+    print(f"{model.name}: evaluated {len(todo)} lenses at {time.perf_counter() - t0:.0f} s", flush=True)
     L = model.cfg.n_layers
     fit_blocks = pick(token_blocks(model, sp["train"], size["T"]), size["n_fit"], 1)
     cbe_eval = pick(held_all, size["n_cbe_eval"], 2)
@@ -342,27 +352,91 @@ def analyze(model, size: dict, workdir: Path, progress: bool = False) -> dict:
             "cbe": cbe_analysis(model, lenses[s0], fit_blocks, cbe_eval, L // 2, size)}, lenses
 
 
+def models_table(by_model: dict) -> str:
+    """The models side by side: tuned vs logit vs shifted lens at the middle row, rows won, CBE."""
+    rows = []
+    for name, r in by_model.items():
+        cmp_, c = r["compare"], r["cbe"]
+        L = cmp_["n_translated"]
+        m = cmp_["per_layer"][L // 2]
+        rows.append([name, str(L), f"{r['vocab']:,}", f"{cmp_['layers_tuned_beats_logit']['kl']} of {L}",
+                     fmt_ci(m["kl_logit"]), fmt_ci(m["kl_tuned"]), fmt_ci(m["kl_tuned_minus_shifted"]),
+                     f"{c['model_ratio']:.1f}×", fmt_ci(c["spearman_cbe"]) if "spearman_cbe" in c else "—",
+                     f"{r['wall_s']:.0f}"])
+    return markdown_table(["model", "translated rows", "vocabulary", "rows where tuned KL < logit KL",
+                           "middle row: KL logit", "KL tuned", "KL tuned − shifted", "CBE / random model effect",
+                           "Spearman ρ, CBE directions", "wall s"], rows)
+
+
+def analyze_cached(model, size: dict, workdir: Path, progress: bool = False, cache: bool = False):
+    """``analyze`` with its wall time; with ``cache`` a finished model's numbers are kept in
+    ``workdir/analysis.json`` (atomically) and reused by a rerun with the same sizes, so a run over
+    two models that stops in the second does not redo the first. Returns (result, lenses or None)."""
+    path = workdir / "analysis.json"
+    if cache and path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("size") == json.loads(json.dumps(dict(size))):
+            print(f"{model.name}: reusing {path.name} of a finished run", flush=True)
+            return kept, None
+    t0 = time.perf_counter()
+    result, lenses = analyze(model, size, workdir, progress)
+    result = {**result, "vocab": int(model.cfg.vocab_size), "wall_s": round(time.perf_counter() - t0, 1)}
+    text = json.dumps(result, allow_nan=False)
+    if cache:
+        atomic_write_text(path, text + "\n")
+    return json.loads(text), lenses  # the same objects a rerun reads back (tuples as lists)
+
+
+def retable(folder: Path, sync: bool = True) -> dict:
+    """Re-derive every table and figure of a finished full run from its ``results.json`` (the numbers
+    are not recomputed, only presented again), then sync the README blocks."""
+    from interpjax.io.plots import save_figure
+
+    res = json.loads((folder / "results.json").read_text())
+    main_model = res["meta"]["model"].split(", ")[0]
+    others = res.get("others", {})
+    for prefix, r, name in [("", res, main_model)] + [(f"{k}_", v, k) for k, v in others.items()]:
+        for table, md in tables(r).items():
+            atomic_write_text(folder / f"{prefix}{table}", md)
+        save_figure(figures(r, name), folder / f"{prefix}tuned_lens.png")
+    if others:
+        atomic_write_text(folder / "models.md", models_table({main_model: res, **others}))
+    if sync:
+        sync_readme(HERE / "README.md", folder)
+    print(f"re-derived the tables and figures in {folder}")
+    return res
+
+
 def main(argv=None, model=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed, a few steps, short blocks; writes results/quick/")
     ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--compare", default=None,
+                    help="comma-separated second models run the same way, their files prefixed by the name "
+                         "(full default: gemma-3-270m; quick default: none)")
     ap.add_argument("--out", default=None, help="folder holding quick/ and full/ (default: results/ here)")
     ap.add_argument("--workdir", default=None, help="training checkpoints (default runs/tuned_lens/<mode>)")
     ap.add_argument("--reduced", action="store_true", help="a smaller full run (fewer steps and blocks)")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--retable", action="store_true", help="rebuild the tables, figures and README blocks of the "
+                    "finished full run from results/full/results.json (or --out/full); no compute")
     args = ap.parse_args(argv)
+    if args.retable:
+        return retable((Path(args.out) if args.out else HERE / "results") / "full", sync=args.out is None)
     mode = "quick" if args.quick else "full"
     if args.reduced and not args.quick:
         mode = "reduced"
     size = SIZES[mode]
-    rec = Record(HERE, quick=args.quick, model=args.model, seeds=list(size["seeds"]), argv=argv,
+    names = ("" if args.quick else "gemma-3-270m") if args.compare is None else args.compare
+    names = [n for n in names.split(",") if n and n != args.model]
+    rec = Record(HERE, quick=args.quick, model=", ".join([args.model] + names), seeds=list(size["seeds"]), argv=argv,
                  out=Path(args.out) if args.out else None)
-    if model is None:
-        import interpjax
+    import interpjax
 
+    if model is None:
         model = interpjax.load(args.model)
-    workdir = Path(args.workdir) if args.workdir else HERE.parents[1] / "runs" / "tuned_lens" / mode / model.name
-    result, lenses = analyze(model, size, workdir, args.progress)
+    root = Path(args.workdir) if args.workdir else HERE.parents[1] / "runs" / "tuned_lens" / mode
+    result, lenses = analyze_cached(model, size, root / model.name, args.progress, cache=not args.quick)
     for k, v in result.items():
         rec[k] = v
     for name, md in tables(result).items():
@@ -370,13 +444,28 @@ def main(argv=None, model=None) -> dict:
     rec.figure("tuned_lens.png", figures(result, model.name))
     if args.quick:  # the test reuses it; a full run's lens (40 MB) is not committed
         LZ.save_tuned_lens(lenses[size["seeds"][0]], rec.out / "lens_seed0.safetensors")
+    others = {}
+    for name in names:
+        other = interpjax.load(name)
+        others[name], _ = analyze_cached(other, size, root / other.name, args.progress, cache=not args.quick)
+        for table, md in tables(others[name]).items():
+            rec.table(f"{name}_{table}", md)
+        rec.figure(f"{name}_tuned_lens.png", figures(others[name], other.name))
+        del other
+    if others:
+        rec["others"] = others
+        rec.table("models.md", models_table({args.model: result, **others}))
     rec.save()
     if not args.quick and args.out is None:
         sync_readme(HERE / "README.md", rec.out)
     for name in ("summary.md", "per_layer.md", "cbe_summary.md", "cbe.md", "training.md"):
         print(rec.tables[name])
-    print(f"tuned effect holds: {tuned_effect_holds(result['compare'])}; CBE effect holds: "
-          f"{cbe_effect_holds(result['cbe'])}; wrote {rec.out} in {rec.meta['wall_s']} s")
+    if others:
+        print(rec.tables["models.md"])
+    for name, r in {args.model: result, **others}.items():
+        print(f"{name}: tuned effect holds: {tuned_effect_holds(r['compare'])}; CBE effect holds: "
+              f"{cbe_effect_holds(r['cbe'])}")
+    print(f"wrote {rec.out} in {rec.meta['wall_s']} s")
     return result
 
 

@@ -121,6 +121,28 @@ def test_cbe_effect_fails_with_random_directions_as_the_basis(tuned_quick, tuned
     assert not tuned_run.cbe_effect_holds(control)
 
 
+def test_tuned_lens_rerun_reuses_a_finished_model_only_at_the_same_sizes(tuned_run, monkeypatch, tmp_path):
+    """A full run over two models keeps each finished model's numbers; a rerun with the same sizes
+    reuses them, one with other sizes recomputes (the cache is never read for --quick)."""
+    calls = []
+
+    def fake_analyze(model, size, workdir, progress=False):
+        calls.append(dict(size))
+        return {"size": dict(size), "n": len(calls)}, {"lens": None}
+
+    monkeypatch.setattr(tuned_run, "analyze", fake_analyze)
+    model = type("M", (), {"name": "m", "cfg": type("C", (), {"vocab_size": 7})()})()
+    size = tuned_run.SIZES["full"]
+    first, lenses = tuned_run.analyze_cached(model, size, tmp_path, cache=True)
+    assert lenses is not None and first["n"] == 1 and first["vocab"] == 7 and (tmp_path / "analysis.json").is_file()
+    again, lenses = tuned_run.analyze_cached(model, size, tmp_path, cache=True)
+    assert lenses is None and again == first and len(calls) == 1
+    other, _ = tuned_run.analyze_cached(model, tuned_run.SIZES["reduced"], tmp_path, cache=True)
+    assert other["n"] == 2
+    fresh, _ = tuned_run.analyze_cached(model, tuned_run.SIZES["reduced"], tmp_path, cache=False)
+    assert fresh["n"] == 3
+
+
 @pytest.mark.parametrize("folder", ["logit_lens", "tuned_lens"])
 def test_readme_meets_the_standard_and_matches_full_results(folder):
     assert readme_problems(EXP / folder / "README.md") == []
