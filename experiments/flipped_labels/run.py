@@ -85,20 +85,38 @@ def evaluate(model, task, seeds, n_queries: int, conditions, k: int = K, batch_s
     doc = 1  # the document token encode_prompts puts first
     length = max(len(tok(x, add_special_tokens=False)["input_ids"]) for *_, p in plan for x in p["texts"]) + doc
     length = -(-length // 16) * 16
-    out = {c: {"correct": [], "follows": [], "per_seed": []} for c in conditions}
+    out = {c: {"correct": [], "follows": [], "pred": [], "per_seed": []} for c in conditions}
     for s, c, t, p in plan:
         tokens, mask = icl.encode_prompts(tok, p["texts"], length=length)
         logits = icl.label_logits(model, tokens, icl.label_token_ids(tok, t.words()), attention_mask=mask,
                                   batch_size=batch_size)
         pred = icl.predictions(logits)
+        out[c]["pred"].append(pred.astype(np.int64))
         out[c]["correct"].append((pred == p["gold"]).astype(np.float64))
         out[c]["follows"].append((pred == (p["gold"] + 1) % t.n_classes).astype(np.float64))
         out[c]["per_seed"].append(float(out[c]["correct"][-1].mean()))
     for c in conditions:
-        out[c]["correct"] = np.concatenate(out[c]["correct"])
-        out[c]["follows"] = np.concatenate(out[c]["follows"])
+        for key in ("correct", "follows", "pred"):
+            out[c][key] = np.concatenate(out[c][key])
     out["length"] = length
     return out
+
+
+def answer_shares(res: dict, task, conditions) -> dict:
+    """Per condition: the share of queries answered with each label word (the words shown in that
+    condition), so a constant answer is told apart from reading the demos."""
+    out = {}
+    for c in conditions:
+        words = (icl.sul_task(task) if c == "SUL" else task).words()
+        counts = np.bincount(res[c]["pred"], minlength=len(words)) / len(res[c]["pred"])
+        out[cond_name(c)] = {w: float(f) for w, f in zip(words, counts)}
+    return out
+
+
+def shares_row(shares: dict) -> str:
+    """The most frequent answer and its share, e.g. ``bar 1.00``."""
+    w, f = max(shares.items(), key=lambda kv: kv[1])
+    return f"{w} {f:.2f}"
 
 
 def effect(res: dict) -> dict:
@@ -189,11 +207,12 @@ def main(argv=None, models: dict | None = None):
     rec = Record(HERE, quick=args.quick, model=", ".join(labels.values()), seeds=args.seeds, argv=argv,
                  out=None if args.out is None else Path(args.out))
     results, summary, effects, acc_rows, eff_rows, walls = {}, {}, {}, [], [], {}
+    shares, share_rows = {}, []
     for name in args.models:
         t0 = time.time()
         model = (models or {}).get(name) or interpjax.load(name)
         log(f"model {labels[name]} loaded")
-        results[name], summary[name], effects[name] = {}, {}, {}
+        results[name], summary[name], effects[name], shares[name] = {}, {}, {}, {}
         for tname, task in tasks.items():
             t1 = time.time()
             res = evaluate(model, task, args.seeds, args.queries, args.conditions)
@@ -206,6 +225,9 @@ def main(argv=None, models: dict | None = None):
             eff = effect(res)
             eff["holds"] = effect_holds(eff)
             effects[name][tname] = eff
+            shares[name][tname] = answer_shares(res, task, args.conditions)
+            share_rows.append([labels[name], tname] + [shares_row(shares[name][tname][cond_name(c)])
+                                                       for c in args.conditions])
             log(f"{labels[name]} {tname}: " + ", ".join(f"{cond_name(c)} {acc[cond_name(c)]['value']:.2f}"
                                                         for c in args.conditions) + f" ({time.time() - t1:.0f} s, T={res['length']})")
             acc_rows.append([labels[name], tname] + [fmt_ci(acc[cond_name(c)]) for c in args.conditions])
@@ -218,6 +240,7 @@ def main(argv=None, models: dict | None = None):
     rec["accuracy"] = summary
     rec["effect"] = effects
     rec["effect_holds"] = {m: {t: effects[m][t]["holds"] for t in tasks} for m in args.models}
+    rec["answer_shares"] = shares
     rec["follows_flipped_at_100"] = {m: {t: bootstrap_ci(results[m][t][1.0]["follows"]) for t in tasks}
                                      for m in args.models}
     rec["setup"] = {"k": K, "flips": list(args.conditions), "queries_per_seed": args.queries, "seeds": args.seeds,
@@ -231,6 +254,8 @@ def main(argv=None, models: dict | None = None):
     rec.table("effect.md", markdown_table(
         ["model", "task", "acc(100% flipped) − acc(0%) (paired 95% CI)", "acc(SUL) − acc(0%)",
          "0% above chance (CI > 0.5)", f"effect holds (≤ −{MARGIN:g}, CI < 0)"], eff_rows))
+    rec.table("answers.md", markdown_table(["model", "task"] + [f"{cond_name(c)}: most frequent answer, share"
+                                                                for c in args.conditions], share_rows))
     if not args.quick:
         rec.figure("accuracy_vs_flips.png", plot({m: summary[m] for m in args.models}, FLIPS, labels))
     path = rec.save()

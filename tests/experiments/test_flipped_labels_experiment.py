@@ -44,6 +44,9 @@ def test_flipped_demo_labels_lower_accuracy_below_the_unflipped_control(run, qui
     assert acc["above_chance_at_flip0"] and acc["flip 0%"]["lo"] > run.CHANCE  # the model does the task at all
     assert quick.out.name == "quick" and quick.out.parent != HERE / "results"  # --quick never writes results/full
     assert (quick.out / "results.json").is_file() and (quick.out / "accuracy.md").is_file()
+    shares = quick["answer_shares"][MODEL][TASK]
+    assert set(shares) == {"flip 0%", "flip 100%"} and all(abs(sum(v.values()) - 1) < 1e-9 for v in shares.values())
+    assert (quick.out / "answers.md").is_file()
 
 
 @pytest.mark.slow
@@ -57,6 +60,16 @@ def test_the_effect_check_fails_when_nothing_is_flipped(run, quick, real_model, 
     base = quick.results[MODEL][TASK][0.0]
     np.testing.assert_array_equal(res[1.0]["correct"], base["correct"])
     assert not run.effect_holds(run.effect({0.0: base, 1.0: res[1.0]}))
+
+
+def test_answer_shares_tell_a_constant_answer_from_reading_the_demos(run):
+    """The recorded answer shares: a model saying ' bar' to every SUL query shows as bar 1.00, one
+    that follows the query's class as an even split; each condition is scored in its own words."""
+    task = icl.LabelTask("t", (("a", "city"), ("b", "animal"), ("c", "city"), ("d", "animal")), ("city", "animal"))
+    res = {0.0: {"pred": np.array([0, 1, 0, 1])}, "SUL": {"pred": np.array([1, 1, 1, 1])}}
+    shares = run.answer_shares(res, task, [0.0, "SUL"])
+    assert shares == {"flip 0%": {"city": 0.5, "animal": 0.5}, "SUL": {"foo": 0.0, "bar": 1.0}}
+    assert run.shares_row(shares["SUL"]) == "bar 1.00"
 
 
 @needs_geonames
