@@ -387,20 +387,29 @@ def analyze_cached(model, size: dict, workdir: Path, progress: bool = False, cac
     return json.loads(text), lenses  # the same objects a rerun reads back (tuples as lists)
 
 
+def presentation(main_name: str, result: dict, others: dict) -> tuple[dict, dict]:
+    """Every table ({file: markdown}) and figure ({file: figure}) of a run: the main model's, each
+    other model's under its name as prefix, and the side-by-side table when there are others."""
+    md, figs = {}, {}
+    for prefix, r, name in [("", result, main_name)] + [(f"{k}_", v, k) for k, v in others.items()]:
+        md.update({f"{prefix}{table}": text for table, text in tables(r).items()})
+        figs[f"{prefix}tuned_lens.png"] = figures(r, name)
+    if others:
+        md["models.md"] = models_table({main_name: result, **others})
+    return md, figs
+
+
 def retable(folder: Path, sync: bool = True) -> dict:
     """Re-derive every table and figure of a finished full run from its ``results.json`` (the numbers
     are not recomputed, only presented again), then sync the README blocks."""
     from interpjax.io.plots import save_figure
 
     res = json.loads((folder / "results.json").read_text())
-    main_model = res["meta"]["model"].split(", ")[0]
-    others = res.get("others", {})
-    for prefix, r, name in [("", res, main_model)] + [(f"{k}_", v, k) for k, v in others.items()]:
-        for table, md in tables(r).items():
-            atomic_write_text(folder / f"{prefix}{table}", md)
-        save_figure(figures(r, name), folder / f"{prefix}tuned_lens.png")
-    if others:
-        atomic_write_text(folder / "models.md", models_table({main_model: res, **others}))
+    md, figs = presentation(res["meta"]["model"].split(", ")[0], res, res.get("others", {}))
+    for name, text in md.items():
+        atomic_write_text(folder / name, text)
+    for name, fig in figs.items():
+        save_figure(fig, folder / name)
     if sync:
         sync_readme(HERE / "README.md", folder)
     print(f"re-derived the tables and figures in {folder}")
@@ -439,22 +448,20 @@ def main(argv=None, model=None) -> dict:
     result, lenses = analyze_cached(model, size, root / model.name, args.progress, cache=not args.quick)
     for k, v in result.items():
         rec[k] = v
-    for name, md in tables(result).items():
-        rec.table(name, md)
-    rec.figure("tuned_lens.png", figures(result, model.name))
     if args.quick:  # the test reuses it; a full run's lens (40 MB) is not committed
         LZ.save_tuned_lens(lenses[size["seeds"][0]], rec.out / "lens_seed0.safetensors")
     others = {}
     for name in names:
         other = interpjax.load(name)
         others[name], _ = analyze_cached(other, size, root / other.name, args.progress, cache=not args.quick)
-        for table, md in tables(others[name]).items():
-            rec.table(f"{name}_{table}", md)
-        rec.figure(f"{name}_tuned_lens.png", figures(others[name], other.name))
         del other
     if others:
         rec["others"] = others
-        rec.table("models.md", models_table({args.model: result, **others}))
+    md, figs = presentation(model.name, result, others)
+    for name, text in md.items():
+        rec.table(name, text)
+    for name, fig in figs.items():
+        rec.figure(name, fig)
     rec.save()
     if not args.quick and args.out is None:
         sync_readme(HERE / "README.md", rec.out)
